@@ -1,8 +1,9 @@
 """Tokenised corpora on disk: ArrayRecord shards of documents plus a JSON manifest.
 
-Layout of a corpus directory (format version 1):
+Layout of a corpus directory (format version 2):
 
-    manifest.json                 what `Manifest` holds (tokenizer, vocab_size, dtype, counts)
+    manifest.json                 what `Manifest` holds (tokenizer kind and sha256, vocab_size,
+                                  dtype, eos_id, domain, per-shard document and token counts)
     shard-00000.array_record      one record per document: its token ids, EOS appended, as
                                   little-endian uint16 (vocab_size <= 65536) or uint32 bytes
     shard-00000.lengths.npy       uint32 [documents]: tokens per record (EOS included), so the
@@ -35,12 +36,12 @@ import numpy as np
 from lingjax.data.tokenizer import ByteTokenizer
 
 FORMAT = "lingjax-corpus"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tokenizer_hash
 MANIFEST = "manifest.json"
 # Records are small and read in random order: one document per chunk, zstd (the default codec;
 # the stdlib corpus shrinks 6x and decompresses at several hundred MB/s).
 _WRITER_OPTIONS = "group_size:1"
-DEFAULT_CORPUS_VERSION = 1
+DEFAULT_CORPUS_VERSION = 2  # bumped with FORMAT_VERSION: old caches are left alone
 
 
 class CorpusError(ValueError):
@@ -60,7 +61,8 @@ class ShardInfo:
 class Manifest:
     """What a corpus directory holds; `manifest.json` is this, as JSON."""
 
-    tokenizer: str  # tokenizer name ("byte", or a tokenizer.json fingerprint later)
+    tokenizer: str  # tokenizer kind: "byte" or "hf" (a tokenizer.json)
+    tokenizer_hash: str  # sha256 of the tokenizer (tokenizer.py); "" if unknown
     vocab_size: int  # every id is < vocab_size
     dtype: str  # numpy dtype of the record bytes, little-endian: "uint16" or "uint32"
     eos_id: int  # appended to every document
@@ -82,6 +84,7 @@ class Manifest:
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
                 "tokenizer": self.tokenizer,
+                "tokenizer_hash": self.tokenizer_hash,
                 "vocab_size": self.vocab_size,
                 "dtype": self.dtype,
                 "byte_order": "little",
@@ -113,6 +116,7 @@ def write_corpus(
     tokenizer: str,
     vocab_size: int,
     domain: str,
+    tokenizer_hash: str = "",
     docs_per_shard: int = 4096,
     eos_id: int = ByteTokenizer.EOS,
     metadata: dict[str, Any] | None = None,
@@ -125,12 +129,14 @@ def write_corpus(
         end-of-document id: EOS is appended here so every stored document ends with it. Empty
         documents are skipped (they carry no text).
       out_dir: the corpus directory to create; must not exist yet.
-      tokenizer: tokenizer name recorded in the manifest ("byte" for `ByteTokenizer`).
+      tokenizer: tokenizer kind recorded in the manifest ("byte", "hf").
       vocab_size: the tokenizer's vocabulary size; sets the stored dtype (uint16 up to 65536).
       domain: tag recorded in the manifest (domain studies mix corpora by it).
+      tokenizer_hash: the tokenizer's `sha256`; runs compare it with their tokenizer's.
       docs_per_shard: documents per ArrayRecord shard.
       eos_id: end-of-document id appended to each document (the byte tokenizer's EOS = 1).
-      metadata: JSON-serialisable provenance stored in the manifest.
+      metadata: JSON-serialisable provenance stored in the manifest. It is copied after the
+        last document is consumed, so a generator of `docs` may still add counts to it.
       exist_ok: if a finished corpus is already at out_dir (or another process finishes one
         there while this one builds), keep it, discard this build and return its manifest.
 
@@ -159,6 +165,7 @@ def write_corpus(
             raise CorpusError(f"no non-empty documents to write to {out_dir}; check the inputs")
         manifest = Manifest(
             tokenizer=tokenizer,
+            tokenizer_hash=tokenizer_hash,
             vocab_size=vocab_size,
             dtype=token_dtype(vocab_size).name,
             eos_id=eos_id,
@@ -288,8 +295,8 @@ def read_manifest(corpus_dir: str | os.PathLike) -> Manifest:
     corpus_dir = os.fspath(corpus_dir)
     path = os.path.join(corpus_dir, MANIFEST)
     build_hint = (
-        "build one with lingjax.data.write_corpus(...), or leave data.corpus empty to use the "
-        "default corpus"
+        "build one with `python -m lingjax.cli.build_corpus --input=... --output=DIR`, or leave "
+        "data.corpus empty to use the default corpus"
     )
     if not os.path.isdir(corpus_dir):
         raise CorpusError(f"corpus directory {corpus_dir} does not exist; {build_hint}")
@@ -307,7 +314,7 @@ def read_manifest(corpus_dir: str | os.PathLike) -> Manifest:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CorpusError(
             f'{path} is not a lingjax corpus manifest (no "format": "{FORMAT}"); point '
-            f"data.corpus at a directory written by lingjax.data.write_corpus"
+            f"data.corpus at a directory written by lingjax.cli.build_corpus"
         )
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
@@ -318,6 +325,7 @@ def read_manifest(corpus_dir: str | os.PathLike) -> Manifest:
     try:
         manifest = Manifest(
             tokenizer=str(raw["tokenizer"]),
+            tokenizer_hash=str(raw["tokenizer_hash"]),
             vocab_size=int(raw["vocab_size"]),
             dtype=str(raw["dtype"]),
             eos_id=int(raw["eos_id"]),
@@ -441,7 +449,8 @@ def default_corpus(cache_dir: str = "") -> str:
         manifest = write_corpus(
             (tok.encode_bytes(t) for t in texts),
             path,
-            tokenizer=tok.name,
+            tokenizer=tok.kind,
+            tokenizer_hash=tok.sha256,
             vocab_size=tok.vocab_size,
             domain="code",
             eos_id=tok.EOS,

@@ -1,10 +1,11 @@
-"""Packing: a window of a document stream -> one batch of rows with segment ids and positions.
+"""Packing: a window of a document stream -> rows with segment ids and positions.
 
-Concatenate-then-split: documents (each ending with EOS) are laid end to end in one stream, and
-row r of a batch is the stream slice [r*L, r*L + L + 1) of its window; rows overlap by one token
-so the last label of a row is the first input of the next and every in-document transition is
-trained exactly once. A document longer than a row simply continues in the next row. Padding only
-fills the tail of the last window of an epoch.
+Concatenate-then-split: a source's documents (each ending with EOS) are laid end to end in one
+stream, and row k of the stream is the slice [k*L, k*L + L + 1); a window of R consecutive rows
+is packed at once. Rows overlap by one token so the last label of a row is the first input of
+the next and every in-document transition is trained exactly once. A document longer than a row
+simply continues in the next row. Padding only fills the tail of the last row of an epoch (and
+whole rows past the end of a finite stream, e.g. a validation split).
 
 Letters: R rows in the batch, L sequence length (inputs per row), N = R*L + 1 window tokens.
 
@@ -12,7 +13,8 @@ Every output is int32 [R, L]:
   tokens       input ids (0 at padding)
   labels       the next token of the same document, -1 where the next token starts another
                document or is padding (so EOS is a target, but never predicts across documents)
-  segment_ids  1, 2, ... for the document pieces of a row in order, 0 at padding
+  segment_ids  1, 2, ... for the document pieces of a row in order, 0 at padding; attention
+               stays within equal nonzero ids, so it never crosses documents
   positions    index inside the document's piece in this row: 0 at each document start and at
                the row start (a row never attends to an earlier row, so a continued document
                restarts at 0)
@@ -26,7 +28,7 @@ import numpy as np
 
 
 def pack_window(pieces: Sequence[np.ndarray], num_rows: int, seq_len: int) -> dict[str, np.ndarray]:
-    """Packs consecutive document pieces into a batch (module docstring has the layout).
+    """Packs consecutive document pieces into rows (module docstring has the layout).
 
     Args:
       pieces: each a 1-D int array, a piece of ONE document, in stream order; consecutive pieces

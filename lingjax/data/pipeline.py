@@ -1,136 +1,167 @@
-"""Grain training pipeline: corpus -> seeded shuffle -> per-process share -> packing -> batches.
+"""Grain pipelines: corpora -> seeded shuffle -> per-process share -> row packing -> mixed
+batches, and the held-out validation batches.
 
     it = make_train_iterator(cfg.data, seq_len=256, batch_size=8, vocab_size=512)
-    batch = next(it)                # dict of int32 [8, 256]: tokens, labels, segment_ids, positions
-    state = it.get_state()          # small JSON-able dict; saved with the checkpoint
+    batch = next(it)        # tokens, labels, segment_ids, positions: int32 [8, 256];
+                            # source_ids: int32 [8], the mixture source of each row
+    state = it.get_state()  # small JSON-able dict (below); saved with the checkpoint
     it2 = make_train_iterator(...); it2.set_state(state)   # continues exactly where `it` was
 
-How a process's batch sequence is defined (everything is a pure function of the corpus, the
-seed and the shapes, so any batch can be computed directly from (epoch, batch index)):
+How a process's batch sequence is defined (a pure function of the corpora, the seed, the
+shapes and the process count, so any batch can be computed from the iterator state):
 
-1. Epoch e orders all N documents by a seeded hash permutation (a new order every epoch, the
-   same on every process and every numpy version).
-2. Process p of P takes documents p, p+P, p+2P, ... of that order: disjoint shares that
-   together hold every document, each epoch a different random split.
-3. The share's documents, each ending with EOS, form one token stream; batch j of the epoch is
-   the stream window [j*R*L, (j+1)*R*L + 1) packed into R rows of L inputs (packing.py:
-   concatenate-then-split, rows overlapping by one token). The last batch of an epoch is padded,
-   so every token of the share is an input exactly once per epoch, then the next epoch begins.
+1. Each source (a corpus, restricted to its training documents; sources.py) has its own
+   stream per epoch: all its documents ordered by a seeded hash permutation (a new order every
+   epoch, the same on every process), of which process p of P takes documents p, p+P, p+2P, ...
+   (disjoint shares that together hold every document). The share's documents, each ending
+   with EOS, form one token stream cut into rows of L inputs (packing.py); the last row of an
+   epoch is padded, so every token of the share is an input exactly once per epoch, then the
+   source's next epoch begins. Sources cycle through their epochs independently.
+2. Row r of batch j is row slot s = j*R + r; the mixture schedule (sources.py) picks the source
+   of each slot in proportion to the weights, and the slot takes that source's next row.
 
-Document lengths are stored beside the shards, so planning an epoch reads no records, and the
-iterator state is just (epoch, batch index). With `num_workers` W > 0, Grain worker w makes
-batches w, w+W, ... and Grain interleaves the workers round-robin: the batches are the same for
-any W (a checkpointed state only resumes under the same W, since Grain's state has one entry per
-worker).
+Iterator state (`get_state()`; a JSON-able dict of a few hundred bytes):
+    {"batch": j,                                # the next batch to make
+     "cursors": {source: [epoch, row], ...},    # each source's next row
+     "stream": "seq_len=... sources=[...]"}     # what it is valid for; set_state checks it
+Save it with the checkpoint (`json.dumps(it.get_state())`, or with Orbax
+`grain.checkpoint.CheckpointSave(it)`), restore with `set_state`. With `num_workers` W > 0 Grain
+worker w makes batches w, w+W, ... and interleaves them round-robin: the batches are the same
+for any W, and Grain's state wraps one such dict per worker (so it resumes only under the same
+W).
 
 Memory: about 24 bytes per corpus document per process (lengths, the epoch's order and stream
 offsets, two epochs cached), so up to ~10^8 documents per corpus.
 
-Letters: R rows per process batch, L sequence length, N documents.
+Letters: R rows per process batch, L sequence length, K sources.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grain
 import numpy as np
 
-from lingjax.data.corpus import (
-    CorpusError,
-    Manifest,
-    default_corpus,
-    read_document_lengths,
-    read_manifest,
-)
+from lingjax.data.corpus import CorpusError
+from lingjax.data.documents import permutation
 from lingjax.data.packing import pack_window
+from lingjax.data.sources import MixtureSchedule, Source, open_sources
 
 if TYPE_CHECKING:
     from lingjax.configs import DataConfig
 
-
-class CorpusDocuments:
-    """Random access to a corpus' documents as int arrays (EOS included).
-
-    Picklable for Grain workers: the ArrayRecord readers reopen lazily in each process.
-    """
-
-    def __init__(self, corpus_dir: str | os.PathLike, manifest: Manifest | None = None):
-        self.corpus_dir = os.path.abspath(os.fspath(corpus_dir))
-        self.manifest = manifest or read_manifest(self.corpus_dir)
-        self.lengths = read_document_lengths(self.corpus_dir, self.manifest)  # int64 [N]
-        self._dtype = np.dtype(self.manifest.dtype).newbyteorder("<")
-        # "path[0:n]" tells ArrayRecordDataSource the record count, so it opens no file here.
-        self._source = grain.sources.ArrayRecordDataSource(
-            [
-                f"{os.path.join(self.corpus_dir, s.file)}[0:{s.documents}]"
-                for s in self.manifest.shards
-            ]
-        )
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        """Document `index` (record order over all shards): its ids, uint16/uint32 [length]."""
-        ids = np.frombuffer(self._source[index], dtype=self._dtype)
-        if ids.size != self.lengths[index]:
-            raise CorpusError(
-                f"document {index} of {self.corpus_dir} has {ids.size} tokens but its lengths "
-                f"file says {self.lengths[index]}; the corpus is corrupt, rebuild it"
-            )
-        return ids
-
-    def fingerprint(self) -> str:
-        m = self.manifest
-        return f"{m.tokenizer}/v{m.vocab_size}/{m.num_documents}docs/{m.num_tokens}tok"
-
-
-def permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    """A seeded permutation of range(n) for `epoch`: int64 [n].
-
-    Sorting splitmix64 hashes of the indices gives a uniform random order that depends only on
-    (seed, epoch), not on numpy's generator algorithms, so resumed runs reorder identically on
-    any numpy version.
-    """
-    key = _mix64(np.array([seed & _MASK64], np.uint64))
-    key = _mix64(key ^ np.uint64(epoch & _MASK64))
-    return np.argsort(_mix64(np.arange(n, dtype=np.uint64) ^ key), kind="stable")
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    # splitmix64 finaliser; uint64 arithmetic wraps, as the hash wants.
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+# The batch entries the model reads; `source_ids` is bookkeeping for the host (MixtureMeter).
+MODEL_INPUTS = ("tokens", "labels", "segment_ids", "positions")
 
 
 @dataclasses.dataclass(frozen=True)
 class EpochPlan:
-    """One process's stream for one epoch."""
+    """One process's stream of one source for one epoch."""
 
     docs: np.ndarray  # int64 [n]: document indices in stream order
     ends: np.ndarray  # int64 [n]: stream offset just past each document
-    num_batches: int  # ceil(stream tokens / (R*L)); the last one is padded
+    num_rows: int  # ceil(stream tokens / L); the last one is padded
+
+
+class RowStream:
+    """The rows of one source for one process: row k of epoch e, and cursor arithmetic."""
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        seq_len: int,
+        shuffle: bool,
+        num_epochs: int | None,
+        process_index: int,
+        process_count: int,
+    ):
+        self.source, self.seq_len, self.shuffle = source, seq_len, shuffle
+        self.num_epochs = num_epochs
+        self.process_index, self.process_count = process_index, process_count
+        self._plans: dict[int, EpochPlan] = {}
+        # Documents read for the previous rows: a document longer than a batch's rows spans
+        # several batches, and re-reading (and decompressing) it for each would multiply IO.
+        self._cache: dict[int, np.ndarray] = {}
+
+    def plan(self, epoch: int) -> EpochPlan:
+        if epoch not in self._plans:
+            if len(self._plans) >= 2:  # the current epoch and the next are all we need
+                del self._plans[min(self._plans)]
+            pool = self.source.pool
+            order = permutation(len(pool), self.source.seed, epoch) if self.shuffle else None
+            docs = (pool if order is None else pool[order])[
+                self.process_index :: self.process_count
+            ]
+            ends = np.cumsum(self.source.documents.lengths[docs])
+            self._plans[epoch] = EpochPlan(docs, ends, -(-int(ends[-1]) // self.seq_len))
+        return self._plans[epoch]
+
+    def clear_cache(self) -> None:
+        self._cache = {}
+
+    def exhausted(self, epoch: int) -> bool:
+        return self.num_epochs is not None and epoch >= self.num_epochs
+
+    def advance(self, epoch: int, row: int, steps: int) -> tuple[int, int]:
+        """The cursor `steps` rows after (epoch, row); (num_epochs, 0) once past the end."""
+        row += steps
+        while not self.exhausted(epoch):
+            num_rows = self.plan(epoch).num_rows
+            if row < num_rows:
+                return epoch, row
+            row -= num_rows
+            epoch += 1
+        return epoch, 0
+
+    def rows(self, epoch: int, row: int, count: int) -> dict[str, np.ndarray]:
+        """Rows [row, row + count) of `epoch` packed (packing.py): int32 [count, L] arrays.
+        The rows must lie in the epoch (row + count <= num_rows), or the stream be exhausted
+        (then they are padding)."""
+        if self.exhausted(epoch):
+            return pack_window([], count, self.seq_len)
+        assert row + count <= self.plan(epoch).num_rows, (row, count)
+        return pack_window(self._pieces(epoch, row, count), count, self.seq_len)
+
+    def rows_left(self, epoch: int, row: int) -> int:
+        """Rows from (epoch, row) to the end of the epoch (unbounded once exhausted)."""
+        return 1 << 62 if self.exhausted(epoch) else self.plan(epoch).num_rows - row
+
+    def _pieces(self, epoch: int, row: int, count: int) -> list[np.ndarray]:
+        """The document pieces covering stream tokens [row*L, (row+count)*L + 1) of `epoch`."""
+        plan, L = self.plan(epoch), self.seq_len
+        start = row * L
+        stop = min(start + count * L + 1, int(plan.ends[-1]))
+        first = int(np.searchsorted(plan.ends, start, side="right"))
+        last = min(int(np.searchsorted(plan.ends, stop, side="left")) + 1, len(plan.docs))
+        pieces, cache = [], {}
+        for i in range(first, last):
+            doc = int(plan.docs[i])
+            ids = self._cache.get(doc)
+            if ids is None:
+                ids = self.source.documents[doc]
+            cache[doc] = ids
+            doc_start = int(plan.ends[i]) - ids.size
+            pieces.append(ids[max(start - doc_start, 0) : stop - doc_start])
+        self._cache = cache
+        return pieces
 
 
 class PackedBatchDataset(grain.IterDataset):
-    """Packed batches of one process, forever (or `num_epochs`); see the module docstring.
+    """Packed, mixed batches of one process, forever (or until `num_epochs` of every source are
+    done); see the module docstring.
 
     Elements: dict of int32 [R, L] arrays `tokens`, `labels`, `segment_ids`, `positions`
-    (packing.py). `shuffle=False, num_epochs=1` gives every document once in corpus order, the
-    shape an evaluation split wants.
+    (packing.py) and int32 [R] `source_ids` (index into `sources`). `shuffle=False,
+    num_epochs=1` gives every document once in corpus order, as validation wants.
     """
 
     def __init__(
         self,
-        documents: CorpusDocuments,
+        sources: Sequence[Source],
         *,
         seq_len: int,
         batch_size: int,
@@ -145,12 +176,14 @@ class PackedBatchDataset(grain.IterDataset):
             raise ValueError(f"seq_len={seq_len} and batch_size={batch_size} must be >= 1")
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index={process_index} not in [0, {process_count})")
-        if len(documents) < process_count:
-            raise CorpusError(
-                f"{documents.corpus_dir} has {len(documents)} documents, fewer than the "
-                f"{process_count} processes that share it; use a larger corpus"
-            )
-        self.documents = documents
+        for s in sources:
+            if len(s.pool) < process_count and (s.weight > 0 or num_epochs is not None):
+                raise CorpusError(
+                    f"{s.documents.corpus_dir} has {len(s.pool)} documents in this split, fewer "
+                    f"than the {process_count} processes that share it; use a larger corpus "
+                    "(or a larger data.eval_fraction for the validation split)"
+                )
+        self.sources = tuple(sources)
         self.seq_len, self.batch_size = seq_len, batch_size
         self.seed, self.shuffle, self.num_epochs = seed, shuffle, num_epochs
         self.process_index, self.process_count = process_index, process_count
@@ -168,18 +201,10 @@ class PackedBatchDataset(grain.IterDataset):
     def stream_id(self) -> str:
         """What a checkpointed state is valid for (checked by `set_state`)."""
         return (
-            f"corpus={self.documents.fingerprint()} seq_len={self.seq_len} "
-            f"rows={self.batch_size} seed={self.seed} shuffle={self.shuffle} "
-            f"process={self.process_index}/{self.process_count}"
+            f"seq_len={self.seq_len} rows={self.batch_size} seed={self.seed} "
+            f"shuffle={self.shuffle} process={self.process_index}/{self.process_count} "
+            f"sources=[{', '.join(s.fingerprint() for s in self.sources)}]"
         )
-
-    def epoch_plan(self, epoch: int) -> EpochPlan:
-        n = len(self.documents)
-        order = permutation(n, self.seed, epoch) if self.shuffle else np.arange(n)
-        docs = order[self.process_index :: self.process_count]
-        ends = np.cumsum(self.documents.lengths[docs])
-        rows_tokens = self.batch_size * self.seq_len
-        return EpochPlan(docs, ends, -(-int(ends[-1]) // rows_tokens))
 
     def __iter__(self) -> PackedBatchIterator:
         return PackedBatchIterator(self)
@@ -191,80 +216,97 @@ class PackedBatchDataset(grain.IterDataset):
 
 
 class PackedBatchIterator(grain.DatasetIterator):
-    """Iterator of `PackedBatchDataset`; state = the (epoch, batch) it makes next."""
+    """Iterator of `PackedBatchDataset`; its state is the module docstring's dict."""
 
     def __init__(self, ds: PackedBatchDataset):
         super().__init__()
         self._ds = ds
-        self._plans: dict[int, EpochPlan] = {}
-        # Documents read for the previous batch: a document longer than a batch spans several,
-        # and re-reading (and decompressing) it for each would multiply the IO.
-        self._cache: dict[int, np.ndarray] = {}
-        self._epoch, self._batch = self._advance(0, 0, ds.worker_index)
+        self._schedule = MixtureSchedule([s.weight for s in ds.sources], ds.seed)
+        self._streams = [
+            RowStream(
+                s,
+                seq_len=ds.seq_len,
+                shuffle=ds.shuffle,
+                num_epochs=ds.num_epochs,
+                process_index=ds.process_index,
+                process_count=ds.process_count,
+            )
+            for s in ds.sources
+        ]
+        self._batch = 0
+        self._cursors = [(0, 0)] * len(self._streams)
+        self._skip(ds.worker_index)
 
-    def _plan(self, epoch: int) -> EpochPlan:
-        if epoch not in self._plans:
-            if len(self._plans) >= 2:  # the current epoch and the next are all we need
-                del self._plans[min(self._plans)]
-            self._plans[epoch] = self._ds.epoch_plan(epoch)
-        return self._plans[epoch]
-
-    def _advance(self, epoch: int, batch: int, steps: int) -> tuple[int, int]:
-        batch += steps
-        while self._ds.num_epochs is None or epoch < self._ds.num_epochs:
-            num_batches = self._plan(epoch).num_batches
-            if batch < num_batches:
-                break
-            batch -= num_batches
-            epoch += 1
-        return epoch, batch
+    def _skip(self, batches: int) -> None:
+        """Moves every cursor past the rows of the next `batches` batches, without reading."""
+        R = self._ds.batch_size
+        slots = self._schedule.sources(self._batch * R, batches * R)
+        counts = np.bincount(slots, minlength=len(self._streams))
+        self._cursors = [
+            stream.advance(*cursor, int(n))
+            for stream, cursor, n in zip(self._streams, self._cursors, counts, strict=True)
+        ]
+        self._batch += batches
 
     def __next__(self) -> dict[str, np.ndarray]:
         self._assert_not_closed()
-        ds = self._ds
-        if ds.num_epochs is not None and self._epoch >= ds.num_epochs:
+        R, L = self._ds.batch_size, self._ds.seq_len
+        source_ids = self._schedule.sources(self._batch * R, R)
+        batch = {k: np.empty((R, L), np.int32) for k in MODEL_INPUTS}
+        # A source's rows of this batch are consecutive rows of its stream: pack them as one
+        # window per epoch they touch (a per-row loop costs ~8x at short rows).
+        for c in np.unique(source_ids):
+            stream, (epoch, row) = self._streams[c], self._cursors[c]
+            slots = np.flatnonzero(source_ids == c)
+            done = 0
+            while done < len(slots):
+                n = min(len(slots) - done, stream.rows_left(epoch, row))
+                packed = stream.rows(epoch, row, n)
+                for k in MODEL_INPUTS:
+                    batch[k][slots[done : done + n]] = packed[k]
+                epoch, row = stream.advance(epoch, row, n)
+                done += n
+        if self._ds.num_epochs is not None and not batch["segment_ids"].any():
             raise StopIteration
-        plan = self._plan(self._epoch)
-        window = ds.batch_size * ds.seq_len
-        batch = pack_window(
-            self._pieces(plan, self._batch * window, window + 1), ds.batch_size, ds.seq_len
-        )
-        self._epoch, self._batch = self._advance(self._epoch, self._batch, ds.worker_count)
+        batch["source_ids"] = source_ids
+        self._skip(self._ds.worker_count)
         return batch
 
-    def _pieces(self, plan: EpochPlan, start: int, size: int) -> list[np.ndarray]:
-        """The document pieces covering stream tokens [start, start + size) of the epoch."""
-        stop = min(start + size, int(plan.ends[-1]))
-        first = int(np.searchsorted(plan.ends, start, side="right"))
-        last = min(int(np.searchsorted(plan.ends, stop, side="left")) + 1, len(plan.docs))
-        pieces, cache = [], {}
-        for i in range(first, last):
-            doc = int(plan.docs[i])
-            ids = self._cache.get(doc)
-            if ids is None:
-                ids = self._ds.documents[doc]
-            cache[doc] = ids
-            doc_start = int(plan.ends[i]) - ids.size
-            pieces.append(ids[max(start - doc_start, 0) : stop - doc_start])
-        self._cache = cache
-        return pieces
-
     def get_state(self) -> dict[str, Any]:
-        return {"epoch": self._epoch, "batch": self._batch, "stream": self._ds.stream_id()}
+        return {
+            "batch": self._batch,
+            "cursors": {
+                s.name: [int(e), int(k)]
+                for s, (e, k) in zip(self._ds.sources, self._cursors, strict=True)
+            },
+            "stream": self._ds.stream_id(),
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         if state.get("stream") != self._ds.stream_id():
             raise ValueError(
                 "this data-iterator state belongs to another data stream:\n"
                 f"  state:    {state.get('stream')}\n  iterator: {self._ds.stream_id()}\n"
-                "resume with the same corpus, seed, seq_len, batch size and process count, or "
-                "start the data iterator afresh (drop its checkpointed state)"
+                "resume with the same corpora, mixture, eval_fraction, seed, seq_len, batch size "
+                "and process count, or start the data iterator afresh (drop its checkpointed "
+                "state)"
             )
-        self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
-        self._cache = {}
+        self._batch = int(state["batch"])
+        self._cursors = [tuple(map(int, state["cursors"][s.name])) for s in self._ds.sources]
+        for stream in self._streams:
+            stream.clear_cache()
 
     def __str__(self) -> str:
         return f"PackedBatchIterator({self._ds})"
+
+
+def _check_batch_size(batch_size: int, process_count: int) -> int:
+    if process_count < 1 or batch_size % process_count:
+        raise ValueError(
+            f"train.batch_size={batch_size} must be a positive multiple of the number of "
+            f"processes ({process_count}); each process loads batch_size // process_count rows"
+        )
+    return batch_size // process_count
 
 
 def make_train_iterator(
@@ -279,35 +321,25 @@ def make_train_iterator(
     """The training batches of this process, forever.
 
     Args:
-      data_cfg: `lingjax.configs.DataConfig` (corpus, cache_dir, seed, num_workers, prefetch).
+      data_cfg: `lingjax.configs.DataConfig`: the corpus or mixture, tokenizer check, held-out
+        fraction, seed, num_workers, prefetch.
       seq_len: L, input tokens per row.
       batch_size: global batch, in rows; each process gets batch_size // process_count.
-      vocab_size: the model's vocabulary; the corpus' ids must fit in it.
+      vocab_size: the model's vocabulary; the corpora's ids must fit in it.
       process_index, process_count: this process among those sharing the data (jax.process_*).
 
     Returns:
       a checkpointable Grain iterator (`get_state()` / `set_state()`; `close()` it when done)
-      of dicts of int32 [batch_size // process_count, seq_len]: tokens, labels (-1 = ignore),
-      segment_ids (0 = padding), positions. See packing.py for their exact meaning.
+      of dicts: tokens, labels (-1 = ignore), segment_ids (0 = padding), positions, each int32
+      [batch_size // process_count, seq_len] (packing.py), and source_ids int32 [rows] (the
+      source of each row, in sorted mixture-name order; 0 for a single corpus). Documents of
+      the validation split (data.eval_fraction) never appear.
     """
-    if process_count < 1 or batch_size % process_count:
-        raise ValueError(
-            f"train.batch_size={batch_size} must be a positive multiple of the number of "
-            f"processes ({process_count}); each process loads batch_size // process_count rows"
-        )
-    corpus_dir = data_cfg.corpus or default_corpus(data_cfg.cache_dir)
-    manifest = read_manifest(corpus_dir)
-    if manifest.vocab_size > vocab_size:
-        raise CorpusError(
-            f"corpus {corpus_dir} uses token ids up to {manifest.vocab_size - 1} "
-            f"(tokenizer {manifest.tokenizer!r}, vocab_size {manifest.vocab_size}) but the model "
-            f"has vocab_size {vocab_size}; set model.vocab_size >= {manifest.vocab_size} or use a "
-            f"corpus built with the model's tokenizer"
-        )
+    rows = _check_batch_size(batch_size, process_count)
     ds: grain.IterDataset = PackedBatchDataset(
-        CorpusDocuments(corpus_dir, manifest),
+        open_sources(data_cfg, vocab_size=vocab_size, split="train"),
         seq_len=seq_len,
-        batch_size=batch_size // process_count,
+        batch_size=rows,
         seed=data_cfg.seed,
         process_index=process_index,
         process_count=process_count,
@@ -327,6 +359,51 @@ def make_train_iterator(
             ds, prefetch_buffer_size=data_cfg.prefetch
         )
     return iter(ds)
+
+
+def make_eval_datasets(
+    data_cfg: DataConfig,
+    *,
+    seq_len: int,
+    batch_size: int,
+    vocab_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> list[tuple[str, float, PackedBatchDataset]]:
+    """The validation split: (name, mixture weight, dataset) per corpus, sorted by name.
+
+    Each dataset is that corpus' held-out documents (data.eval_fraction) once, unshuffled, in
+    batches shaped like the training ones; iterating it again gives the same batches. The
+    caller takes data.eval_batches batches (padding with `empty_batch` if it ends sooner, so
+    every process runs the same number of steps)."""
+    if data_cfg.eval_fraction <= 0:
+        raise CorpusError(
+            "no validation split: set data.eval_fraction (e.g. 0.01) to hold documents out"
+        )
+    rows = _check_batch_size(batch_size, process_count)
+    return [
+        (
+            source.name,
+            source.weight,
+            PackedBatchDataset(
+                [source],
+                seq_len=seq_len,
+                batch_size=rows,
+                shuffle=False,
+                num_epochs=1,
+                process_index=process_index,
+                process_count=process_count,
+            ),
+        )
+        for source in open_sources(data_cfg, vocab_size=vocab_size, split="eval")
+    ]
+
+
+def empty_batch(rows: int, seq_len: int) -> dict[str, np.ndarray]:
+    """A batch of padding only (no target tokens): int32 [rows, seq_len] entries as above."""
+    batch = pack_window([], rows, seq_len)
+    batch["source_ids"] = np.zeros(rows, np.int32)
+    return batch
 
 
 def _mark_absl_flags_parsed() -> None:

@@ -8,25 +8,13 @@ import sysconfig
 
 import numpy as np
 import pytest
-from array_record.python.array_record_module import ArrayRecordReader
 
 from lingjax.data import ByteTokenizer, CorpusError, default_corpus, read_manifest, write_corpus
 from lingjax.data.corpus import read_document_lengths
-from tests.data.corpora import TEXTS
+from tests.data.corpora import TEXTS, records
 
 
-def _records(corpus_dir, manifest):
-    out = []
-    for shard in manifest.shards:
-        reader = ArrayRecordReader(os.path.join(corpus_dir, shard.file))
-        out += [
-            np.frombuffer(r, np.dtype(manifest.dtype).newbyteorder("<")) for r in reader.read_all()
-        ]
-        reader.close()
-    return out
-
-
-def test_manifest_counts_and_records(text_corpus):
+def test_manifest_counts_andrecords(text_corpus):
     tok = ByteTokenizer()
     m = read_manifest(text_corpus)
     nonempty = [t for t in TEXTS if t]
@@ -44,9 +32,9 @@ def test_manifest_counts_and_records(text_corpus):
     assert (m.num_documents, m.num_tokens) == (len(nonempty), sum(lengths))
     raw = json.loads((text_corpus / "manifest.json").read_text())
     assert (raw["num_documents"], raw["num_tokens"]) == (m.num_documents, m.num_tokens)
-    records = _records(text_corpus, m)
-    assert [tok.decode(r) for r in records] == nonempty
-    assert all(r[-1] == tok.EOS for r in records)
+    recs = records(text_corpus, m)
+    assert [tok.decode(r) for r in recs] == nonempty
+    assert all(r[-1] == tok.EOS for r in recs)
     np.testing.assert_array_equal(read_document_lengths(text_corpus, m), lengths)
     # Nothing but the corpus files: no temporary directory left beside it.
     assert sorted(os.listdir(text_corpus.parent)) == ["text"]
@@ -56,7 +44,7 @@ def test_large_vocab_uses_uint32(tmp_path):
     docs = [np.array([70000, 5, 123456])]
     m = write_corpus(docs, tmp_path / "c", tokenizer="t", vocab_size=200000, domain="d")
     assert m.dtype == "uint32"
-    np.testing.assert_array_equal(_records(tmp_path / "c", m)[0], [70000, 5, 123456, 1])
+    np.testing.assert_array_equal(records(tmp_path / "c", m)[0], [70000, 5, 123456, 1])
 
 
 def test_failed_build_leaves_nothing(tmp_path):
@@ -120,7 +108,7 @@ def test_concurrent_builder_keeps_the_first_finished(tmp_path, exist_ok):
 
 
 def test_read_manifest_errors(tmp_path, text_corpus):
-    with pytest.raises(CorpusError, match=r"does not exist; build one with .*write_corpus"):
+    with pytest.raises(CorpusError, match=r"does not exist; build one with .*build_corpus"):
         read_manifest(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CorpusError, match=r"manifest.json is missing: .* not a finished corpus"):
@@ -139,6 +127,9 @@ def test_read_manifest_errors(tmp_path, text_corpus):
     raw = json.loads((text_corpus / "manifest.json").read_text())
     with pytest.raises(CorpusError, match="format_version=99"):
         read_manifest(corrupt(json.dumps({**raw, "format_version": 99})))
+    # A version-1 manifest (before tokenizer hashes) is refused with the fix, not misread.
+    with pytest.raises(CorpusError, match=r"format_version=1; .*Rebuild the corpus"):
+        read_manifest(corrupt(json.dumps({**raw, "format_version": 1})))
     with pytest.raises(CorpusError, match="malformed"):
         read_manifest(corrupt(json.dumps({**raw, "shards": [{"file": "x"}]})))
     (text_corpus / "shard-00001.array_record").unlink()
@@ -165,18 +156,23 @@ def test_default_corpus_build_and_reuse(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LINGJAX_CACHE", str(tmp_path / "env-cache"))
     path = default_corpus()
     major, minor = sys.version_info[:2]
-    assert path == str(tmp_path / "env-cache" / f"default-corpus-py{major}{minor}-byte-v1")
+    assert path == str(tmp_path / "env-cache" / f"default-corpus-py{major}{minor}-byte-v2")
     out = capsys.readouterr().out
     m = read_manifest(path)
     assert "building the default corpus" in out and f"{m.num_documents} documents" in out
     assert out.count("\n") == 1, "one line"
     assert (m.num_documents, m.num_tokens) == _independent_stdlib_count()
-    assert (m.tokenizer, m.vocab_size, m.domain) == ("byte", 259, "code")
+    assert (m.tokenizer, m.tokenizer_hash, m.vocab_size, m.domain) == (
+        "byte",
+        ByteTokenizer.sha256,
+        259,
+        "code",
+    )
     # Reused: by the explicit cache_dir too, without building or printing again.
     assert default_corpus(str(tmp_path / "env-cache")) == path
     assert capsys.readouterr().out == ""
     # Records are the files' exact bytes, in sorted relative-path order.
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
     first = min(_stdlib_files(root), key=lambda p: p.relative_to(root).as_posix())
-    record = _records(path, m)[0]
+    record = records(path, m)[0]
     assert ByteTokenizer().decode(record) == first.read_bytes().decode("utf-8", "replace")

@@ -56,3 +56,14 @@ def test_single_token_documents():
         segment_ids=[[1, 2, 3, 4]],
         positions=[[0, 0, 0, 0]],
     )
+
+
+def test_empty_window_is_all_padding():
+    out = pack_window([], num_rows=2, seq_len=3)
+    _check(
+        out,
+        tokens=[[0, 0, 0]] * 2,
+        labels=[[-1, -1, -1]] * 2,
+        segment_ids=[[0, 0, 0]] * 2,
+        positions=[[0, 0, 0]] * 2,
+    )
