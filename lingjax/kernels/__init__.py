@@ -1,0 +1,12 @@
+"""MoE kernels, one folder per op: routing/, permute/, gmm/.
+
+Each folder holds a pure-jnp `reference.py` (the oracle, and the CPU path) and an `api.py` with
+an `impl=` switch; Pallas kernels per backend join them as `kernel*.py`. Kernels import nothing
+of lingjax outside this package.
+"""
+
+from lingjax.kernels.gmm import gmm
+from lingjax.kernels.permute import permute, unpermute
+from lingjax.kernels.routing import Routing, route
+
+__all__ = ["Routing", "gmm", "permute", "route", "unpermute"]

@@ -1,0 +1,92 @@
+"""Pure-jnp MoE router: scores, biased (group-limited) top-k selection, combine weights, counts.
+
+Letters: T tokens, K top-k, E experts, G expert groups (n_group), P experts per group (E/G).
+
+Semantics (LING_SPEC.md §1.2.3 for Ling v1, §2.2 for Ling 2.0):
+- scores s: softmax over all E experts (v1) or sigmoid (v2) of the fp32 logits.
+- selection score = s + bias (bias only selects; v2's aux-loss-free expert_bias).
+- group-limited top-k (n_group > 1): split E into n_group contiguous groups; a group scores the
+  sum of its top-2 selection scores; keep the topk_group best groups, mask the other experts
+  to -inf; then top-k. Works with either scoring function.
+- weights: the UNBIASED scores at the selected ids; if norm_topk_prob, divided by their sum
+  (softmax: only when k > 1, no epsilon; sigmoid: sum + 1e-20, as the v2 reference);
+  then times routed_scaling_factor.
+Ties go to the lowest expert index (jax.lax.top_k). Selection is discrete; gradients reach the
+logits through the weights and the scores.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+# The v2 reference adds this to the sum of sigmoid weights before dividing.
+SIGMOID_NORM_EPS = 1e-20
+
+
+class Routing(NamedTuple):
+    """What the router hands to dispatch and to the losses/monitors."""
+
+    ids: Int[Array, "T K"]  # selected experts, int32, by descending (biased) selection score
+    weights: Float[Array, "T K"]  # combine weights, fp32 (unbiased, normalised, scaled)
+    scores: Float[Array, "T E"]  # fp32 softmax probabilities or sigmoid scores (balance loss)
+    counts: Int[Array, " E"]  # int32 assignments per expert over valid tokens
+
+
+def _group_mask(sel_TE: Float[Array, "T E"], n_group: int, topk_group: int) -> Array:
+    """[T, E] bool: experts in the topk_group best groups (group score = sum of its top-2)."""
+    T, E = sel_TE.shape
+    sel_TGP = sel_TE.reshape(T, n_group, E // n_group)
+    top2 = jax.lax.top_k(sel_TGP, min(2, E // n_group))[0]
+    group_score_TG = jnp.sum(top2, axis=-1)
+    _, kept = jax.lax.top_k(group_score_TG, topk_group)  # [T, topk_group] group indices
+    keep_TG = jnp.any(kept[:, :, None] == jnp.arange(n_group)[None, None, :], axis=1)
+    return jnp.repeat(keep_TG, E // n_group, axis=1)
+
+
+def route(
+    logits_TE: Float[Array, "T E"],
+    bias_E: Float[Array, " E"] | None = None,
+    *,
+    k: int,
+    score_function: str = "softmax",
+    n_group: int = 0,
+    topk_group: int = 0,
+    norm_topk_prob: bool = True,
+    routed_scaling_factor: float = 1.0,
+    token_mask_T: Array | None = None,
+) -> Routing:
+    """Routes T tokens to k of E experts. Arguments as in `lingjax.kernels.routing.route`."""
+    logits_TE = logits_TE.astype(jnp.float32)
+    if score_function == "softmax":
+        scores_TE = jax.nn.softmax(logits_TE, axis=-1)
+    else:
+        scores_TE = jax.nn.sigmoid(logits_TE)
+
+    # Selection never carries gradient: the ids are discrete.
+    sel_TE = jax.lax.stop_gradient(scores_TE)
+    if bias_E is not None:
+        sel_TE = sel_TE + bias_E.astype(jnp.float32)
+    if n_group > 1:
+        sel_TE = jnp.where(_group_mask(sel_TE, n_group, topk_group), sel_TE, -jnp.inf)
+    _, ids_TK = jax.lax.top_k(sel_TE, k)
+    ids_TK = ids_TK.astype(jnp.int32)
+
+    weights_TK = jnp.take_along_axis(scores_TE, ids_TK, axis=-1)
+    if norm_topk_prob:
+        if score_function == "sigmoid":
+            weights_TK = weights_TK / (jnp.sum(weights_TK, -1, keepdims=True) + SIGMOID_NORM_EPS)
+        elif k > 1:
+            weights_TK = weights_TK / jnp.sum(weights_TK, -1, keepdims=True)
+    weights_TK = weights_TK * routed_scaling_factor
+
+    T, E = logits_TE.shape
+    valid_T = jnp.ones((T,), jnp.int32) if token_mask_T is None else token_mask_T.astype(jnp.int32)
+    # An E-bin histogram of T*k ids: a small int scatter-add, not a [T, k, E] one-hot.
+    counts_E = (
+        jnp.zeros((E,), jnp.int32).at[ids_TK.reshape(-1)].add(jnp.repeat(valid_T, k), mode="drop")
+    )
+    return Routing(ids_TK, weights_TK, scores_TE, counts_E)

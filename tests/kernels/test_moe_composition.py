@@ -1,0 +1,95 @@
+"""route -> permute -> gmm (fused gate|up) -> swiglu -> gmm (down) -> unpermute equals a naive
+dense MoE (every expert on every token, weighted by a dense [T, E] combine matrix), values and
+grads w.r.t. x, the router weight (hence the router logits) and every expert weight.
+
+Letters: T tokens, K top-k, E experts, M sorted rows (= T*K), D model dim, F expert width.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from lingjax.kernels import gmm, permute, route, unpermute
+from tests.kernels.tolerances import assert_close
+
+T, D, F, E, K = 24, 16, 8, 8, 2
+
+_ROUTERS = {
+    "v1-softmax": dict(score_function="softmax"),
+    "v2-sigmoid-groups": dict(
+        score_function="sigmoid", n_group=4, topk_group=2, routed_scaling_factor=2.5
+    ),
+}
+
+
+def _params(seed: int):
+    ks = jax.random.split(jax.random.key(seed), 7)
+    return (
+        dict(
+            x=jax.random.normal(ks[0], (T, D)),
+            w_router=jax.random.normal(ks[1], (D, E)) / D**0.5,
+            w_gate=jax.random.normal(ks[2], (E, D, F)) / D**0.5,
+            w_up=jax.random.normal(ks[3], (E, D, F)) / D**0.5,
+            w_down=jax.random.normal(ks[4], (E, F, D)) / F**0.5,
+        ),
+        jax.random.normal(ks[5], (E,)) * 0.05,
+        jax.random.normal(ks[6], (T, D)),
+    )
+
+
+def _routing(p, bias, router):
+    return route(p["x"] @ p["w_router"], bias, k=K, **router)
+
+
+def _moe_kernels(p, bias, c, *, router, impl):
+    r = _routing(p, bias, router)
+    xs_MD, sizes_E, order_M = permute(p["x"], r.ids, E)
+    # One gmm for gate and up (W_gate_up [E, D, 2F]), as the MoE layer does.
+    w_gate_up = jnp.concatenate([p["w_gate"], p["w_up"]], axis=-1)
+    gate_MF, up_MF = jnp.split(gmm(xs_MD, w_gate_up, sizes_E, impl=impl), 2, axis=-1)
+    y_MD = gmm(jax.nn.silu(gate_MF) * up_MF, p["w_down"], sizes_E, impl=impl)
+    out_TD = unpermute(y_MD, order_M, r.weights)
+    return jnp.sum(out_TD * c), out_TD
+
+
+def _moe_dense(p, bias, c, *, router):
+    r = _routing(p, bias, router)
+    combine_TE = jnp.einsum("tk,tke->te", r.weights, jax.nn.one_hot(r.ids, E))
+    h_TEF = jax.nn.silu(jnp.einsum("td,edf->tef", p["x"], p["w_gate"])) * jnp.einsum(
+        "td,edf->tef", p["x"], p["w_up"]
+    )
+    y_TED = jnp.einsum("tef,efd->ted", h_TEF, p["w_down"])
+    out_TD = jnp.einsum("te,ted->td", combine_TE, y_TED)
+    return jnp.sum(out_TD * c), out_TD
+
+
+@pytest.mark.parametrize(
+    ("router", "impl"),
+    [
+        ("v1-softmax", "reference"),
+        ("v2-sigmoid-groups", "reference"),
+        ("v2-sigmoid-groups", "ragged_dot"),
+    ],
+)
+def test_routed_moe_equals_dense_moe(router, impl):
+    p, bias, c = _params(seed=len(router) + len(impl))
+    kern = jax.jit(
+        jax.value_and_grad(
+            functools.partial(_moe_kernels, router=_ROUTERS[router], impl=impl), has_aux=True
+        )
+    )
+    dense = jax.jit(
+        jax.value_and_grad(functools.partial(_moe_dense, router=_ROUTERS[router]), has_aux=True)
+    )
+    (v, out), g = kern(p, bias, c)
+    (vd, outd), gd = dense(p, bias, c)
+    # The test is only meaningful if several experts are used and some token pairs differ.
+    r = _routing(p, bias, _ROUTERS[router])
+    assert len(set(r.ids.ravel().tolist())) >= E // 2
+    assert_close(out, outd)
+    assert_close(v, vd)
+    for name in p:
+        assert_close(g[name], gd[name], err_msg=f"grad w.r.t. {name}")
+    assert float(jnp.max(jnp.abs(g["w_router"]))) > 0  # the router logits do get gradient

@@ -1,0 +1,77 @@
+"""Whole-model behaviour: packed sequences equal their documents run one by one (main and MTP
+logits), fp32 logits, scanned layer stacks and the parameter table."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lingjax
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-v2"])
+def model(request):
+    cfg = lingjax.configs.get(request.param, num_layers=3).model
+    return cfg, lingjax.init_params(cfg, jax.random.key(0))
+
+
+def test_packed_batch_equals_documents_one_by_one(model):
+    cfg, variables = model
+    lengths = [5, 9, 3]
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(3, cfg.vocab_size, n) for n in lengths]
+    L = 20
+    tokens = np.zeros((1, L), np.int32)
+    seg = np.zeros((1, L), np.int32)
+    pos = 0
+    for i, d in enumerate(docs):
+        tokens[0, pos : pos + len(d)] = d
+        seg[0, pos : pos + len(d)] = i + 1
+        pos += len(d)
+    packed = lingjax.forward(cfg, variables, tokens, seg)
+    assert packed.dtype == jnp.float32 and packed.shape == (1, L, cfg.vocab_size)
+    start = 0
+    for d in docs:
+        alone = lingjax.forward(cfg, variables, d[None])
+        np.testing.assert_allclose(
+            packed[0, start : start + len(d)], alone[0], rtol=2e-5, atol=2e-5
+        )
+        start += len(d)
+
+
+def test_packed_mtp_logits_equal_documents_one_by_one():
+    cfg = lingjax.configs.get("tiny-v2").model
+    variables = lingjax.init_params(cfg, jax.random.key(1))
+    model = lingjax.model.Transformer(cfg)
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(3, cfg.vocab_size, n) for n in (6, 8)]
+    tokens = np.concatenate(docs)[None].astype(np.int32)
+    seg = np.concatenate([np.full(len(d), i + 1) for i, d in enumerate(docs)])[None]
+    _, aux = model.apply(variables, tokens, jnp.asarray(seg, jnp.int32))
+    start = 0
+    for d in docs:
+        _, aux1 = model.apply(variables, jnp.asarray(d[None], jnp.int32))
+        # The last position's MTP input is the next document's token (its label is masked).
+        n = len(d) - 1
+        np.testing.assert_allclose(
+            aux["mtp_logits"][0, 0, start : start + n],
+            aux1["mtp_logits"][0, 0, :n],
+            rtol=2e-5,
+            atol=2e-5,
+        )
+        start += len(d)
+
+
+def test_scanned_stacks_and_logical_axes():
+    cfg = lingjax.configs.get("tiny-v2").model
+    boxed = lingjax.api.abstract_variables(cfg)
+    p = boxed["params"]
+    assert p["dense_layers"]["attn"]["qkv"].value.shape == (1, 128, 4 + 2 * 2, 32)
+    moe = p["moe_layers"]["moe"]
+    assert moe["w_gate"].value.shape == (2, 16, 128, 48)
+    assert moe["w_gate"].names == ("layers", "expert", "embed", "expert_mlp")
+    bias = boxed["buffers"]["moe_layers"]["moe"]["router"]["expert_bias"]
+    assert bias.value.dtype == jnp.float32 and bias.value.shape == (2, 16)
+    assert "mtp_0" in p
+    for leaf in jax.tree.leaves(boxed, is_leaf=lambda x: hasattr(x, "names")):
+        assert len(leaf.names) == leaf.value.ndim  # every dim has a logical name (or None)
