@@ -12,6 +12,7 @@ from typing import Literal
 
 ScoreFunction = Literal["softmax", "sigmoid"]
 KernelImpl = Literal["auto", "reference", "ragged_dot", "pallas"]
+EPTransport = Literal["auto", "ragged_all_to_all", "ring"]
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 Schedule = Literal["cosine", "wsd", "constant"]
 DecayShape = Literal["1-sqrt", "linear", "cosine"]
@@ -73,6 +74,9 @@ class MoEConfig:
     # assignments; the overflow is dropped and counted.
     capacity_factor: float | None = None
     impl: KernelImpl = "auto"
+    # How tokens reach experts on other devices of the mesh's expert axis
+    # (lingjax/parallel/expert.py); "auto": ring on CPU, per EP size on GPU/TPU.
+    ep_transport: EPTransport = "auto"
 
     @property
     def shared_width(self) -> int:
@@ -149,6 +153,56 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AnomalyConfig:
+    """Training-anomaly handling (LING_SPEC §3.4), see lingjax/train/anomaly.py.
+
+    A step whose loss or grad norm is non-finite, or whose z-score against an EMA of recent
+    steps exceeds a threshold, is skipped inside the compiled step; its batch is re-fed
+    `retry_delay` steps later; a spike that recurs on that retry is applied with the LR scaled
+    by `retry_lr_scale`; `rollback_after` anomalous steps in a row roll the model back to the
+    last good checkpoint.
+    """
+
+    enabled: bool = True  # False: every update is applied (the statistics are still logged)
+    loss_z: float = 6.0  # loss z-score that counts as a spike; 0 = never
+    grad_norm_z: float = 6.0  # grad norm (before clipping) z-score of a spike; 0 = never
+    ema_decay: float = 0.95  # of the running mean/variance of loss and grad norm
+    warmup_steps: int = 20  # clean steps observed before spikes are judged (non-finite: always)
+    retry_delay: int = 8  # a skipped batch is fed again this many steps later
+    max_retries: int = 2  # attempts per skipped batch before it is dropped
+    retry_lr_scale: float = 0.1  # LR multiplier for a spike that recurs on its retry
+    # Anomalous steps in a row that roll back to the newest checkpoint before them (the initial
+    # state if there is none: set checkpoint.every_steps); 0 = never.
+    rollback_after: int = 4
+    max_rollbacks: int = 3  # then the run stops with an error
+    slow_step_z: float = 5.0  # step-time z-score logged as a slow step; 0 = off (logging only)
+    slow_step_warmup: int = 10  # timed steps before slow steps are judged
+
+    def validate(self) -> None:
+        _check(
+            self.loss_z >= 0 and self.grad_norm_z >= 0 and self.slow_step_z >= 0,
+            "train.anomaly.loss_z/grad_norm_z/slow_step_z must be >= 0 (0 turns a check off)",
+        )
+        _check(0 < self.ema_decay < 1, "train.anomaly.ema_decay must be in (0, 1)")
+        _check(
+            self.warmup_steps >= 1 and self.slow_step_warmup >= 1,
+            "train.anomaly.warmup_steps and slow_step_warmup must be >= 1",
+        )
+        # The loop learns a step's verdict one step late (it never waits on the device in
+        # between), so a retry can be scheduled 2 steps after the skip at the earliest.
+        _check(self.retry_delay >= 2, "train.anomaly.retry_delay must be >= 2")
+        _check(self.max_retries >= 0, "train.anomaly.max_retries must be >= 0")
+        _check(
+            0 < self.retry_lr_scale <= 1,
+            "train.anomaly.retry_lr_scale must be in (0, 1]",
+        )
+        _check(
+            self.rollback_after >= 0 and self.max_rollbacks >= 0,
+            "train.anomaly.rollback_after and max_rollbacks must be >= 0",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 200
     batch_size: int = 8  # global, in sequences
@@ -178,6 +232,7 @@ class TrainConfig:
     routing_warmup_steps: int = 0
     # Peak FLOP/s of one device for MFU; 0 = look the device kind up (null MFU if unknown).
     peak_flops_per_device: float = 0.0
+    anomaly: AnomalyConfig = dataclasses.field(default_factory=AnomalyConfig)
 
     def validate(self) -> None:
         _check(self.steps > 0, "train.steps must be > 0")
@@ -187,17 +242,121 @@ class TrainConfig:
         _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
         _check(0 < self.decay_fraction <= 1, "train.decay_fraction must be in (0, 1]")
         _check(self.routing_warmup_steps >= 0, "train.routing_warmup_steps must be >= 0")
+        self.anomaly.validate()
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+    """Where training tokens come from: one corpus, or a weighted mixture of named corpora, with
+    an optional held-out validation split. Corpora are built by `lingjax.cli.build_corpus`.
+
+    One corpus:  corpus="corpora/web"
+    A mixture:   corpora="code=corpora/code,math=corpora/math,web=corpora/web",
+                 mixture="code:0.3,math:0.2,web:0.5"
+    """
+
     # Directory of a built corpus (ArrayRecord shards + manifest.json); "" = the default
     # corpus (this Python's standard-library source, byte tokenizer), built on first use.
     corpus: str = ""
+    # Named corpora a mixture can draw from: "name=DIR,name=DIR" (names: letters, digits, _.-).
+    corpora: str = ""
+    # Training rows drawn from the named corpora by weight: "name:weight,..." (weights >= 0 are
+    # relative; a weight-0 corpus is not trained on but still gets a val_loss/<name>).
+    mixture: str = ""
+    # The run's tokenizer, checked against every corpus manifest: "byte", a tokenizer.json
+    # path, or "" to accept the corpora's own (a mixture's corpora must then agree).
+    tokenizer: str = ""
     cache_dir: str = ""  # "" = $LINGJAX_CACHE or ~/.cache/lingjax
     seed: int = 0
     num_workers: int = 0  # Grain multiprocessing workers (0 = in-process)
     prefetch: int = 2
+    # Validation: this fraction of each corpus' documents (a fixed, seed-independent choice) is
+    # held out of training; every eval_every steps (and at the last step) val_loss is measured
+    # on eval_batches batches of each corpus' held-out documents (the same tokens every time).
+    eval_fraction: float = 0.0
+    eval_every: int = 0  # 0 = no validation
+    eval_batches: int = 4  # per corpus, of train.batch_size rows
+
+    def corpus_dirs(self) -> dict[str, str]:
+        """`corpora` parsed: {name: directory}, in the order given."""
+        out: dict[str, str] = {}
+        for entry in _entries(self.corpora):
+            name, sep, path = entry.partition("=")
+            name, path = name.strip(), path.strip()
+            _check(
+                bool(sep and path) and _is_name(name),
+                f"data.corpora entry {entry!r} must look like name=DIR (name: letters, digits, "
+                f"_ . -), e.g. data.corpora=code=corpora/code,web=corpora/web",
+            )
+            _check(name not in out, f"data.corpora names {name!r} twice; keep one entry")
+            out[name] = path
+        return out
+
+    def mixture_weights(self) -> dict[str, float]:
+        """`mixture` parsed and normalised to sum 1: {name: weight}, sorted by name."""
+        raw: dict[str, float] = {}
+        for entry in _entries(self.mixture):
+            name, sep, weight = entry.rpartition(":")
+            name = name.strip()
+            try:
+                w = float(weight)
+            except ValueError:
+                w = float("nan")
+            _check(
+                bool(sep) and _is_name(name) and w >= 0 and w != float("inf"),
+                f"data.mixture entry {entry!r} must look like name:weight with a weight >= 0, "
+                f"e.g. data.mixture=code:0.3,web:0.7",
+            )
+            _check(name not in raw, f"data.mixture names {name!r} twice; keep one entry")
+            raw[name] = w
+        total = sum(raw.values())
+        _check(not raw or total > 0, "data.mixture: at least one weight must be > 0")
+        return {name: raw[name] / total for name in sorted(raw)}
+
+    def validate(self) -> None:
+        corpora, weights = self.corpus_dirs(), self.mixture_weights()
+        if weights or corpora:
+            _check(
+                not self.corpus,
+                "data.corpus and data.mixture are exclusive: clear data.corpus to train on the "
+                "mixture, or clear data.mixture and data.corpora to train on one corpus",
+            )
+            _check(
+                bool(weights),
+                "data.corpora is set but data.mixture is empty; set data.mixture=NAME:WEIGHT,... "
+                f"over the corpora {', '.join(corpora)}",
+            )
+            missing = [name for name in weights if name not in corpora]
+            _check(
+                not missing,
+                f"data.mixture names {', '.join(missing)}, which data.corpora does not define "
+                f"(it has: {', '.join(corpora) or 'nothing'}); add NAME=DIR entries for them to "
+                "data.corpora",
+            )
+        _check(
+            0.0 <= self.eval_fraction < 1.0,
+            f"data.eval_fraction={self.eval_fraction} must be in [0, 1): the fraction of each "
+            "corpus' documents held out for validation",
+        )
+        _check(self.eval_every >= 0, "data.eval_every must be >= 0 (0 = no validation)")
+        _check(self.eval_batches >= 1, "data.eval_batches must be >= 1")
+        _check(
+            not self.eval_every or self.eval_fraction > 0,
+            f"data.eval_every={self.eval_every} needs held-out documents: set "
+            "data.eval_fraction (e.g. 0.01), or data.eval_every=0",
+        )
+        _check(
+            self.num_workers >= 0 and self.prefetch >= 0,
+            "data.num_workers and data.prefetch must be >= 0",
+        )
+
+
+def _entries(text: str) -> list[str]:
+    return [e for e in (part.strip() for part in text.split(",")) if e]
+
+
+def _is_name(name: str) -> bool:
+    return bool(name) and all(c.isalnum() or c in "_.-" for c in name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,8 +369,25 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    every_steps: int = 0  # 0 = only at the end
-    keep: int = 3
+    """Orbax checkpoints in <workdir>/checkpoints (lingjax/checkpoint/manager.py)."""
+
+    every_steps: int = 0  # save every N steps; 0 = only at the end (and on preemption)
+    keep: int = 3  # keep the last K checkpoints
+    # Also keep every checkpoint whose step is a multiple of this (WSM merges them later,
+    # LING_SPEC §4); a multiple of every_steps, e.g. 10 * every_steps. 0 = none.
+    keep_every_steps: int = 0
+    async_save: bool = True  # write in a background thread while training goes on
+
+    def validate(self) -> None:
+        _check(self.every_steps >= 0, "checkpoint.every_steps must be >= 0 (0 = only at the end)")
+        _check(self.keep >= 1, "checkpoint.keep must be >= 1")
+        _check(self.keep_every_steps >= 0, "checkpoint.keep_every_steps must be >= 0")
+        if self.keep_every_steps and self.every_steps:
+            _check(
+                self.keep_every_steps % self.every_steps == 0,
+                f"checkpoint.keep_every_steps={self.keep_every_steps} must be a multiple of "
+                f"checkpoint.every_steps={self.every_steps}, or no saved step would match it",
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,4 +402,5 @@ class Config:
     def validate(self) -> Config:
         self.model.validate()
         self.train.validate()
+        self.data.validate()
         return self

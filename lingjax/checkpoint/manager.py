@@ -1,0 +1,348 @@
+"""Orbax checkpoints of a training run: async saves, retention for WSM, validated restores that
+fall back past corrupt checkpoints, and restores onto any device layout.
+
+    ckpt = Checkpointer(f"{workdir}/checkpoints", cfg.checkpoint)
+    ckpt.save(step, state, data_iter=feeder, monitor={...}, config=to_dict(cfg))   # async
+    restored = ckpt.restore_latest(abstract_state, target_shardings, data_iter=feeder)
+
+A checkpoint is the directory `<step>/` with the items
+  state      the train state (params, optimizer state, expert-bias buffers, anomaly statistics,
+             RNG key, step), restored with the target shardings the caller asks for;
+  data_iter  the data-iterator state of every process (Grain's per-process JSON files);
+  monitor    the anomaly monitor's counters (JSON);
+  config     the resolved config that produced it (JSON).
+Orbax writes into `<step>.orbax-checkpoint-tmp*` and renames when all is written, so a crash
+mid-save leaves a temporary directory that is ignored and removed. What orbax does not check on
+a local disk, `validate()` does: the commit marker, readable step metadata, every item present.
+A checkpoint that fails validation or restore is reported, moved to
+`<workdir>/checkpoints.discarded/`, and the previous one is used. If none can be restored,
+nothing is moved and the error lists each one's problem: then the cause is more likely a
+changed model or code than damaged files.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+from lingjax.configs.base import CheckpointConfig
+
+if TYPE_CHECKING:
+    import grain
+
+COMMIT_MARKER = "commit_success.txt"  # written by orbax as the last file of a committed step
+STEP_METADATA = "_CHECKPOINT_METADATA"
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint could be restored; the message lists why for each."""
+
+
+@dataclasses.dataclass
+class Restored:
+    step: int
+    state: Any
+    monitor: dict[str, Any] | None
+    config: dict[str, Any] | None
+    # Newer checkpoints that could not be restored: (step, reason), newest first.
+    failed: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+
+
+@functools.cache
+def _frozen_state_class() -> type:
+    # Grain is imported only when a data iterator is saved: restoring params (evaluation, HF
+    # export, merging) must work where grain is not installed (the GPU benchmark machine).
+    import grain
+
+    class FrozenState(grain.DatasetIterator):
+        """A data iterator's state captured at save time. Grain's checkpoint handler reads
+        `get_state()` when orbax writes the item, which may be after the loop has moved on."""
+
+        def __init__(self, state: dict[str, Any]):
+            super().__init__()
+            self._state = state
+
+        def __next__(self):
+            raise TypeError("FrozenState only carries a saved state; it yields no batches")
+
+        def get_state(self) -> dict[str, Any]:
+            return self._state
+
+        def set_state(self, state: dict[str, Any]) -> None:
+            raise TypeError("FrozenState is save-only")
+
+    return FrozenState
+
+
+def default_shardings(abstract_state: Any) -> Any:
+    """Every leaf on this process's first device (what a plain `jax.jit(init)` gives)."""
+    s = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda _: s, abstract_state)
+
+
+def with_shardings(abstract_state: Any, target_shardings: Any) -> Any:
+    """ShapeDtypeStructs of `abstract_state` placed by `target_shardings`: a pytree of
+    `jax.sharding.Sharding` matching the state, one Sharding for every leaf, or None (first
+    device)."""
+    if target_shardings is None:
+        target_shardings = default_shardings(abstract_state)
+    elif isinstance(target_shardings, jax.sharding.Sharding):
+        target_shardings = jax.tree.map(lambda _: target_shardings, abstract_state)
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_state,
+        target_shardings,
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
+
+
+class Checkpointer:
+    """One run's checkpoint directory (an orbax CheckpointManager with lingjax's items)."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        cfg: CheckpointConfig | None = None,
+        *,
+        read_only: bool = False,
+        log: Callable[[str], None] = print,
+    ):
+        cfg = cfg or CheckpointConfig()
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.discard_dir = self.directory.rstrip("/") + ".discarded"
+        self._log = log
+        policy: Any = ocm.LatestN(n=cfg.keep)
+        if cfg.keep_every_steps:
+            # Every M-th step stays for checkpoint merging (WSM, LING_SPEC §4).
+            policy = ocm.AnyPreservationPolicy(
+                [policy, ocm.EveryNSteps(interval_steps=cfg.keep_every_steps)]
+            )
+        self._mgr = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                enable_async_checkpointing=cfg.async_save,
+                preservation_policy=policy,
+                # Leftovers of a save that was killed; its previous step restores fine.
+                cleanup_tmp_directories=not read_only,
+                create=not read_only,
+                read_only=read_only,
+            ),
+        )
+
+    # ------------------------------------------------------------------------ save
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._mgr.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        data_iter: grain.DatasetIterator | None = None,
+        monitor: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> bool:
+        """Starts saving `step` (returns once the arrays are copied off the devices; the files
+        are written in the background). False if that step is already saved."""
+        if step in self._mgr.all_steps():
+            return False
+        items: dict[str, Any] = {"state": ocp.args.StandardSave(state)}
+        if data_iter is not None:
+            import grain
+
+            frozen = _frozen_state_class()(copy.deepcopy(data_iter.get_state()))
+            items["data_iter"] = grain.checkpoint.CheckpointSave(frozen)
+        if monitor is not None:
+            items["monitor"] = ocp.args.JsonSave(monitor)
+        if config is not None:
+            items["config"] = ocp.args.JsonSave(config)
+        return self._mgr.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def wait(self) -> None:
+        """Blocks until every started save is committed."""
+        self._mgr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mgr.close()
+
+    # ------------------------------------------------------------------------ restore
+
+    def validate(self, step: int, items: Sequence[str]) -> None:
+        """Raises ValueError if `step` is not a complete, committed checkpoint with `items`."""
+        path = os.path.join(self.directory, str(step))
+        if not os.path.isfile(os.path.join(path, COMMIT_MARKER)):
+            raise ValueError(f"no commit marker ({COMMIT_MARKER}): the save did not finish")
+        try:
+            with open(os.path.join(path, STEP_METADATA)) as f:
+                handlers = json.load(f)["item_handlers"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"unreadable {STEP_METADATA}: {_first_line(e)}") from e
+        for item in items:
+            if item not in handlers or not os.path.isdir(os.path.join(path, item)):
+                raise ValueError(f"item {item!r} is missing")
+
+    def restore(
+        self,
+        step: int,
+        abstract_state: Any,
+        target_shardings: Any = None,
+        *,
+        data_iter: grain.DatasetIterator | None = None,
+        items: Sequence[str] = ("state", "monitor", "config"),
+    ) -> Restored:
+        """Restores checkpoint `step` (validated first; raises on any problem).
+
+        Args:
+          abstract_state: the state's structure, shapes and dtypes (`jax.eval_shape`).
+          target_shardings: where to put each leaf (see `with_shardings`): any mesh and any
+            device count; the arrays are read straight into that layout.
+          data_iter: if given, its state is set from the checkpoint (this process's share).
+          items: which of "state", "monitor", "config" to read.
+        """
+        wanted = list(items) + (["data_iter"] if data_iter is not None else [])
+        self.validate(step, wanted)
+        args: dict[str, Any] = {}
+        if "state" in items:
+            target = with_shardings(abstract_state, target_shardings)
+            args["state"] = ocp.args.StandardRestore(target)
+        for name in ("monitor", "config"):
+            if name in items:
+                args[name] = ocp.args.JsonRestore()
+        if data_iter is not None:
+            import grain
+
+            args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+        out = self._mgr.restore(step, args=ocp.args.Composite(**args))
+        state = out["state"] if "state" in items else None
+        saved_step = getattr(state, "step", None)
+        if saved_step is not None and int(saved_step) != step:
+            raise ValueError(f"the state inside says step {int(saved_step)}, not {step}")
+        return Restored(
+            step=step,
+            state=state,
+            monitor=out["monitor"] if "monitor" in items else None,
+            config=out["config"] if "config" in items else None,
+        )
+
+    def restore_latest(
+        self,
+        abstract_state: Any,
+        target_shardings: Any = None,
+        *,
+        data_iter: grain.DatasetIterator | None = None,
+        items: Sequence[str] = ("state", "monitor", "config"),
+        before: int | None = None,
+    ) -> Restored | None:
+        """The newest checkpoint (below step `before`, if given) that restores; newer ones that
+        fail are reported and moved aside. None if there is no checkpoint at all; raises
+        `CheckpointError` if there are some but none restores."""
+        failed: list[tuple[int, str]] = []
+        for step in reversed(self.all_steps()):
+            if before is not None and step >= before:
+                continue
+            try:
+                restored = self.restore(
+                    step, abstract_state, target_shardings, data_iter=data_iter, items=items
+                )
+            except Exception as e:  # orbax and tensorstore raise many types
+                failed.append((step, _first_line(e)))
+                self._log(f"checkpoint {step} cannot be restored: {_first_line(e)}")
+                continue
+            for bad, reason in failed:
+                self.discard(bad, "corrupt")
+                self._log(f"checkpoint {bad} was corrupt ({reason}); resumed from {step}")
+            restored.failed = failed
+            return restored
+        if failed:
+            lines = "\n".join(f"  step {s}: {r}" for s, r in failed)
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} could be restored:\n{lines}\n"
+                "If the model or optimizer changed, train in a new --workdir; if the files are "
+                "damaged, move the bad step directories away (the run then starts from the "
+                "newest one left, or from scratch)."
+            )
+        return None
+
+    # ------------------------------------------------------------------------ discard
+
+    def discard(self, step: int, reason: str) -> str | None:
+        """Moves checkpoint `step` to `<directory>.discarded/<step>.<reason>[.n]`, out of the
+        way of new saves and restores (kept, not deleted, for inspection). Primary process
+        only; the others wait for it."""
+        dest = None
+        src = os.path.join(self.directory, str(step))
+        if jax.process_index() == 0 and os.path.isdir(src):
+            os.makedirs(self.discard_dir, exist_ok=True)
+            dest = os.path.join(self.discard_dir, f"{step}.{reason}")
+            n = 1
+            while os.path.exists(dest):
+                dest, n = os.path.join(self.discard_dir, f"{step}.{reason}.{n}"), n + 1
+            shutil.move(src, dest)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"lingjax_discard_{step}_{time.time_ns()}")
+        self._mgr.reload()
+        return dest
+
+    def discard_after(self, step: int, reason: str) -> list[int]:
+        """Discards every checkpoint newer than `step` (a rollback abandons them)."""
+        self.wait()
+        newer = [s for s in self.all_steps() if s > step]
+        for s in newer:
+            self.discard(s, reason)
+        return newer
+
+
+def restore(
+    directory: str | os.PathLike,
+    abstract_state: Any,
+    target_shardings: Any = None,
+    *,
+    step: int | None = None,
+    data_iter: grain.DatasetIterator | None = None,
+    items: Sequence[str] = ("state", "monitor", "config"),
+) -> Restored:
+    """Reads a run's checkpoint onto any device layout without changing the directory.
+
+    `step=None` takes the newest one that restores (corrupt newer ones are skipped, not moved).
+    `target_shardings`: a pytree of `jax.sharding.Sharding` matching `abstract_state` (e.g.
+    NamedShardings of a new mesh with a different device count), one Sharding for all leaves,
+    or None for this process's first device.
+    """
+    ckpt = Checkpointer(directory, read_only=True)
+    try:
+        steps = [step] if step is not None else list(reversed(ckpt.all_steps()))
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {ckpt.directory}")
+        errors = []
+        for s in steps:
+            try:
+                return ckpt.restore(
+                    s, abstract_state, target_shardings, data_iter=data_iter, items=items
+                )
+            except Exception as e:  # any failure: try the previous one
+                errors.append(f"  step {s}: {_first_line(e)}")
+        raise CheckpointError(f"cannot restore from {ckpt.directory}:\n" + "\n".join(errors))
+    finally:
+        ckpt.close()

@@ -1,0 +1,421 @@
+"""The training loop: host-side work around the pure, jitted step (data, logging, timing,
+checkpoints, preemption, the anomaly policy).
+
+summary = lingjax.train.train(cfg, workdir="runs/x")
+
+Running it again with the same workdir resumes from the newest good checkpoint, exactly: the
+final params and metrics.jsonl match an uninterrupted run's bit for bit. What makes that hold:
+the state, the data-iterator state (with the queue of batches to retry) and the anomaly
+counters are saved together at step boundaries; every host decision is a deterministic function
+of step verdicts; metrics.jsonl is cut back to the resumed step.
+
+The loop never waits on the device between steps: it reads step s's verdict (a few scalars)
+after dispatching step s+1, and at the boundaries where it logs or saves. A rollback decided on
+step s therefore discards the already-dispatched step s+1 and hands its batch back to the feeder,
+so what happens does not depend on where the loop happened to wait.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from lingjax import parallel
+from lingjax.checkpoint import Checkpointer, check_resume_config
+from lingjax.checkpoint.config_check import CONFIG_FILE
+from lingjax.configs import Config, to_dict, to_json
+from lingjax.data import MODEL_INPUTS, MixtureMeter, make_train_iterator
+from lingjax.scaling import flops_per_token, peak_flops
+from lingjax.train.anomaly import VERDICT_KEYS, AnomalyMonitor, Outcome
+from lingjax.train.evaluation import Evaluator, _eval_step
+from lingjax.train.faults import FaultPlan
+from lingjax.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
+from lingjax.train.optimizer import make_optimizer
+from lingjax.train.preemption import PreemptionWatcher
+from lingjax.train.replay import RetryEntry, RetryFeeder
+from lingjax.train.state import TrainState, abstract_state, init_state
+from lingjax.train.step import controls, make_train_step, metrics_summary
+from lingjax.train.timing import SlowStepDetector
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class TrainingAnomalyError(RuntimeError):
+    """The anomaly policy gave up (too many rollbacks); see events.jsonl."""
+
+
+def write_config(cfg: Config, workdir: str) -> None:
+    """The resolved config, written atomically (resume reads this file)."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, CONFIG_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(to_json(cfg) + "\n")
+    os.replace(tmp, path)
+
+
+def _step_view(train_cfg):
+    """`train_cfg` without the fields the compiled step never reads (a cache key)."""
+    in_step = dataclasses.replace(
+        train_cfg.anomaly,
+        retry_delay=2,
+        max_retries=0,
+        retry_lr_scale=1.0,
+        rollback_after=0,
+        max_rollbacks=0,
+        slow_step_z=0.0,
+        slow_step_warmup=1,
+    )
+    return dataclasses.replace(train_cfg, log_every=1, peak_flops_per_device=0.0, anomaly=in_step)
+
+
+# ---- lingjax.parallel (issue #4): the mesh, the sharded init and step, the data share. ----
+# Cached so that calling train() again with the same config (notebooks, tests) compiles nothing.
+# The init creates the state already placed like a restored one (the step's in_shardings), so a
+# fresh and a resumed run hand the step identically placed inputs: one compilation.
+@functools.lru_cache(maxsize=4)
+def _sharded(model_cfg, train_cfg, mesh_cfg, target: tuple | None) -> parallel.ShardedTraining:
+    cfg = Config(model=model_cfg, train=train_cfg, mesh=mesh_cfg)
+    tx = make_optimizer(train_cfg)
+    shardings = None if target is None else jax.tree.unflatten(target[0], target[1])
+    return parallel.shard_training(
+        cfg, tx, init_state, make_train_step, abstract_state(cfg, tx), shardings=shardings
+    )
+
+
+def _model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: batch[k] for k in MODEL_INPUTS}  # `source_ids` stays on the host
+
+
+# ---- end lingjax.parallel ----
+
+
+@dataclasses.dataclass
+class _Pending:
+    """A dispatched step whose verdict the host has not read yet."""
+
+    step: int  # 0-based index (state.step when it ran)
+    batch: dict[str, np.ndarray]
+    entry: RetryEntry | None  # set if the batch was a retry
+    metrics: dict[str, jax.Array]
+
+
+def train(
+    cfg: Config,
+    workdir: str,
+    *,
+    allow_config_change: bool = False,
+    faults: FaultPlan | None = None,
+    target_shardings: Any = None,
+) -> dict[str, Any]:
+    """Train `cfg` for cfg.train.steps steps in `workdir`, resuming what is there.
+
+    Args:
+      allow_config_change: resume even if the config differs from the workdir's config.json in
+        keys outside `lingjax.checkpoint.RESUMABLE_KEYS` (otherwise a ConfigError).
+      faults: fault injection for tests and drills (`FaultPlan.parse("nan@5")`); None in runs.
+      target_shardings: where to place the state (a TrainState of shardings on the mesh of
+        cfg.mesh); None = the layout of lingjax.parallel's rules.
+
+    Returns the last logged metrics (host floats) plus "first_loss", "resumed_from" and
+    "preempted" (True if a signal stopped the run after saving).
+    """
+    cfg.validate()
+    cfg.checkpoint.validate()
+    parallel.check_config(cfg, parallel.mesh_shape(cfg.mesh, jax.device_count()))  # issue #4
+    check_resume_config(workdir, cfg, allow_change=allow_config_change)
+    if jax.process_index() == 0:
+        write_config(cfg, workdir)
+    run = _Run(cfg, workdir, faults or FaultPlan(), target_shardings)
+    try:
+        return run.run()
+    finally:
+        run.close()
+
+
+class _Run:
+    def __init__(self, cfg: Config, workdir: str, faults: FaultPlan, target_shardings: Any):
+        self.cfg, self.workdir, self.faults = cfg, workdir, faults
+        t = self.t = cfg.train
+        self.acfg = t.anomaly
+        self.writer = None
+        self.watcher = None
+        self.ckpt = None
+        self.feeder = None
+        try:
+            self._open(target_shardings)
+        except BaseException:  # close what was opened (data threads, the checkpoint writer)
+            self.close()
+            raise
+
+    def _open(self, target_shardings: Any) -> None:
+        cfg, workdir, t = self.cfg, self.workdir, self.t
+        # ---- lingjax.parallel (issue #4)
+        key = _step_view(t)
+        self.abstract = abstract_state(cfg, make_optimizer(t))
+        target = None
+        if target_shardings is not None:
+            leaves, treedef = jax.tree.flatten(target_shardings)
+            target = (treedef, tuple(leaves))
+        par = self.par = _sharded(cfg.model, key, cfg.mesh, target)
+        self.step_fn, self.init_fn, self.shardings = par.step, par.init, par.state_shardings
+        self.put_batch = lambda batch: par.put_batch(_model_inputs(batch))
+        # ---- end lingjax.parallel
+        self.feeder = RetryFeeder(
+            make_train_iterator(
+                cfg.data,
+                seq_len=t.seq_len,
+                batch_size=t.batch_size,
+                vocab_size=cfg.model.vocab_size,
+                process_index=par.data_index,
+                process_count=par.data_count,
+            )
+        )
+        self.mixture = MixtureMeter(cfg.data)  # realised mixture proportions, logged per row
+        self.evaluator = None
+        if cfg.data.eval_every:
+            self.evaluator = Evaluator(
+                cfg,
+                self.put_batch,
+                process_index=par.data_index,
+                process_count=par.data_count,
+                eval_step=parallel.in_mesh_context(_eval_step(cfg.model), par.mesh),
+            )
+        self.monitor = AnomalyMonitor(self.acfg)
+        self.slow = SlowStepDetector(self.acfg.slow_step_z, self.acfg.slow_step_warmup)
+        self.ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), cfg.checkpoint)
+        restored = self.ckpt.restore_latest(
+            self.abstract, self.shardings, data_iter=self.feeder, items=("state", "monitor")
+        )
+        if restored is not None:
+            self.state: TrainState = restored.state
+            self.monitor.load_state_dict(restored.monitor)
+            self.start = restored.step
+            print(f"resumed from checkpoint {restored.step} in {self.ckpt.directory}")
+        else:
+            self.state = self._init_state()
+            self.start = 0
+        self.writer = MetricsWriter(workdir, resume_step=self.start)
+        for bad, reason in restored.failed if restored else []:
+            self.writer.event(
+                {"event": "corrupt_checkpoint", "step": bad, "reason": reason, "used": self.start}
+            )
+        if self.start:
+            self.writer.event({"event": "resume", "step": self.start})
+        self.watcher = PreemptionWatcher()
+        self.tokens_per_step = t.batch_size * t.seq_len
+        self.fpt = flops_per_token(cfg.model, t.seq_len)
+        self.peak = t.peak_flops_per_device or peak_flops()
+
+    def _init_state(self) -> TrainState:
+        return self.init_fn(jax.random.key(self.t.seed))
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> dict[str, Any]:
+        t, every = self.t, self.cfg.checkpoint.every_steps
+        step = self.start
+        pending: _Pending | None = None
+        summary: dict[str, Any] = {}
+        first_loss = None
+        preempted = False
+        compiled = False
+        last_logged = self.start
+        window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+        iter_start, iter_data, iter_saved = None, 0.0, False
+        while True:
+            # ---- boundary: steps [0, step) are dispatched, `pending` is the last of them.
+            now = time.perf_counter()
+            if iter_start is not None:
+                self._time_step(step, now - iter_start, iter_data, iter_saved)
+            iter_start, iter_saved = now, False
+            stop = self.watcher.should_stop(step)
+            last = step >= t.steps
+            save = stop or last or (every > 0 and step % every == 0)
+            evaluate = self.evaluator is not None and self.evaluator.due(step, last)
+            log = step % t.log_every == 0 or last or evaluate
+            if pending is not None and (save or log):
+                if self._process(pending):
+                    step, pending = self._rollback(None, step), None
+                    last_logged, iter_start = step, None
+                    window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+                    continue
+                if log and step > last_logged:
+                    summary = self._log_row(step, pending.metrics, window_start, window_steps)
+                    summary["data_wait_frac"] = (
+                        data_wait / (time.perf_counter() - window_start) if window_steps else None
+                    )
+                    summary.update(self.mixture.metrics())
+                    if evaluate:  # val_loss; its time stays out of the step timer
+                        summary.update(self.evaluator(self.state))
+                        iter_start = time.perf_counter()
+                    self.writer.write(step, summary)
+                    first_loss = summary["loss"] if first_loss is None else first_loss
+                    last_logged = step
+                    window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+                pending = None
+            if save and step > self.start:
+                iter_saved = self._save(step)
+            if last:
+                break
+            if stop:
+                preempted = True
+                event = {"event": "preempted", "step": step, "by": self.watcher.signal_name}
+                self.writer.event(event)
+                break
+
+            # ---- dispatch step `step` (0-based), then read the verdict of the one before.
+            self.faults.before_step(step + 1)
+            mark = self.feeder.mark()
+            t0 = time.perf_counter()
+            batch, entry = self.feeder.take(step)
+            self.mixture.update(batch)
+            device_batch = self.put_batch(batch)
+            iter_data = time.perf_counter() - t0
+            ctl = controls(
+                spike_lr_scale=self.acfg.retry_lr_scale if entry else 0.0,
+                loss_scale=self.faults.loss_scale(step + 1),
+            )
+            new_state, metrics = self.step_fn(self.state, device_batch, ctl)
+            if pending is not None and self._process(pending):
+                step, pending = self._rollback(mark, step), None  # new_state is discarded
+                last_logged, iter_start = step, None
+                window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
+                continue
+            self.state = new_state
+            pending = _Pending(step, batch, entry, metrics)
+            step += 1
+            if compiled:
+                window_steps += 1
+                data_wait += iter_data
+            else:  # keep compilation out of the throughput figures and the step timer
+                jax.block_until_ready(metrics)
+                print(f"step {step}: compiled and ran in {time.perf_counter() - t0:.1f}s")
+                compiled = True
+                window_start, data_wait, iter_start = time.perf_counter(), 0.0, None
+
+        if not summary:  # nothing trained in this process: report the run's last row
+            rows = read_metrics(os.path.join(self.workdir, METRICS_FILE))
+            summary = dict(rows[-1]) if rows else {}
+            summary.pop("step", None)
+        summary["first_loss"] = first_loss if first_loss is not None else summary.get("loss")
+        summary["resumed_from"] = self.start
+        summary["preempted"] = preempted
+        return summary
+
+    # ------------------------------------------------------------------ pieces
+
+    def _process(self, rec: _Pending) -> bool:
+        """Applies the policy to a finished step's verdict; True if it asks for a rollback."""
+        verdict = jax.device_get({k: rec.metrics[k] for k in VERDICT_KEYS})
+        outcome = Outcome.from_metrics(rec.step, verdict)
+        attempts = rec.entry.attempts if rec.entry else 0
+        origin = rec.entry.origin if rec.entry else rec.step
+        decision = self.monitor.decide(outcome, attempts, origin)
+        for e in decision.events:
+            self.writer.event(e)
+        if decision.rollback:
+            if decision.requeue:  # this batch belongs to the streak: it goes with it
+                self.monitor.counters["dropped_batches"] += 1
+            return True
+        if decision.requeue:
+            self.feeder.push(
+                rec.batch,
+                due=rec.step + self.acfg.retry_delay,
+                attempts=decision.attempts,
+                origin=origin,
+            )
+        return False
+
+    def _rollback(self, mark: Any, now: int) -> int:
+        """Back to the newest checkpoint before the anomaly streak (or the initial state) from
+        step `now`; the data stream moves on and the streak's batches are dropped. Returns the
+        new step."""
+        if mark is not None:  # hand back the batch of the discarded, already-dispatched step
+            self.feeder.reset(mark)
+        if self.monitor.counters["rollbacks"] >= self.acfg.max_rollbacks:
+            raise TrainingAnomalyError(
+                f"{self.acfg.rollback_after} anomalous steps in a row at step {now}, after "
+                f"{self.acfg.max_rollbacks} rollbacks already; see "
+                f"{os.path.join(self.workdir, 'events.jsonl')}. Lower train.lr, check the data "
+                "around these steps, or raise train.anomaly.max_rollbacks."
+            )
+        streak_start = self.monitor.streak_start
+        dropped = self.feeder.drop_from(streak_start)
+        self.monitor.counters["dropped_batches"] += dropped
+        self.ckpt.wait()
+        restored = self.ckpt.restore_latest(
+            self.abstract, self.shardings, items=("state",), before=streak_start
+        )
+        self.state = restored.state if restored else self._init_state()
+        target = restored.step if restored else 0
+        self.monitor.rolled_back()
+        # Re-save the target step with the new data position and counters (its old copy goes
+        # to checkpoints.discarded/ with the abandoned newer ones), so a crash from here on
+        # resumes on this path.
+        discarded = self.ckpt.discard_after(target - 1, "rolled_back")
+        self._save(target, force=True)
+        self.ckpt.wait()
+        self.writer.rewind(target)
+        self.writer.event(
+            {
+                "event": "rollback",
+                "step": now,
+                "to_step": target,
+                "streak_start": streak_start + 1,
+                "batches_dropped": dropped,
+                "checkpoints_discarded": discarded,
+                "rollbacks": self.monitor.counters["rollbacks"],
+            }
+        )
+        return target
+
+    def _save(self, step: int, *, force: bool = False) -> bool:
+        if not force and step in self.ckpt.all_steps():
+            return False
+        self.ckpt.save(
+            step,
+            self.state,
+            data_iter=self.feeder,
+            monitor=self.monitor.state_dict(),
+            config=to_dict(self.cfg),
+        )
+        self.faults.after_save(step)
+        return True
+
+    def _log_row(self, step: int, metrics: Any, window_start: float, window_steps: int) -> dict:
+        row = metrics_summary(metrics)  # blocks until the step is done
+        for k in ("skipped", "nonfinite", "spike"):  # per-step flags: the counters say more
+            row.pop(k)
+        row.update(self.monitor.counters)
+        elapsed = time.perf_counter() - window_start
+        tps = window_steps * self.tokens_per_step / elapsed if window_steps else None
+        row["tokens_per_sec"] = tps
+        row["mfu"] = (
+            self.fpt * tps / (self.peak * jax.device_count()) if self.peak and tps else None
+        )
+        row["step_time"] = elapsed / window_steps if window_steps else None
+        row["slow_steps"] = self.slow.slow_steps
+        return row
+
+    def _time_step(self, step: int, seconds: float, data: float, saved: bool) -> None:
+        event = self.slow.observe(step, seconds, data, checkpoint_saved=saved)
+        if event:
+            self.writer.event(event)
+
+    def close(self) -> None:
+        if self.watcher:
+            self.watcher.close()
+        if self.ckpt:
+            self.ckpt.wait()
+            self.ckpt.close()
+        if self.writer:
+            self.writer.close()
+        if self.feeder:
+            self.feeder.close()

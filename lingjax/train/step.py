@@ -1,0 +1,163 @@
+"""The pure training step: loss and gradients, the optimiser update, and the aux-loss-free
+expert-bias update from the global per-expert counts (after the optimiser, outside autodiff).
+
+Anomalies (anomaly.py) are handled inside the step without recompiling: a non-finite or spiking
+loss/grad norm keeps the old params, optimizer state and buffers (a select, which XLA fuses into
+the update), and the host steers the policy through two scalar controls:
+  spike_lr_scale  what a spike does: 0 skips the update (a fresh batch), s > 0 applies it with
+                  the LR scaled by s (a retried batch whose spike recurred);
+  loss_scale      multiplies the loss (and so the gradients); 1 except in fault-injection tests.
+
+Legend: N MoE layers, E experts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float
+
+from lingjax.configs import Config
+from lingjax.model import BUFFERS, Transformer, moe_counts_by_bias_path
+from lingjax.train import anomaly
+from lingjax.train.losses import total_loss
+from lingjax.train.optimizer import set_learning_rate
+from lingjax.train.schedules import make_schedule
+from lingjax.train.state import TrainState
+
+Batch = dict[str, Array]
+Controls = dict[str, Array]
+
+
+def controls(spike_lr_scale: float = 0.0, loss_scale: float = 1.0) -> Controls:
+    """The step's host-side inputs (fp32 scalars: new values never trigger a recompile)."""
+    return {
+        "spike_lr_scale": np.float32(spike_lr_scale),
+        "loss_scale": np.float32(loss_scale),
+    }
+
+
+def expert_bias_update(
+    bias: Float[Array, "... E"], counts: Array, rate: float
+) -> Float[Array, "... E"]:
+    """b += u * (sign(mean - count) - mean(sign(mean - count))) per layer (LING_SPEC §2.2):
+    under-loaded experts gain bias, over-loaded ones lose it; the update keeps the bias
+    centred (zero-mean)."""
+    counts = counts.astype(jnp.float32)
+    err = jnp.sign(counts.mean(-1, keepdims=True) - counts)
+    return bias + rate * (err - err.mean(-1, keepdims=True))
+
+
+def load_violation(counts: Array) -> Array:
+    """Per-layer max violation (max_i count_i - mean) / mean, [..., E] -> [...]."""
+    counts = counts.astype(jnp.float32)
+    mean = counts.mean(-1)
+    return (counts.max(-1) - mean) / jnp.maximum(mean, 1e-9)
+
+
+def routing_alpha(step: Array, warmup_steps: int) -> Array:
+    return jnp.minimum(step.astype(jnp.float32) / warmup_steps, 1.0)
+
+
+def make_train_step(
+    cfg: Config, tx: optax.GradientTransformation
+) -> Callable[..., tuple[TrainState, dict[str, Array]]]:
+    """`train_step(state, batch, ctl=None) -> (state, metrics)`; pure, to be jitted with
+    donation. `ctl` is `controls(...)` (None: the defaults)."""
+    model = Transformer(cfg.model)
+    t = cfg.train
+    acfg = t.anomaly
+    schedule = make_schedule(t)
+
+    def loss_fn(params, buffers, batch, rng, alpha, loss_scale):
+        variables = {"params": params, BUFFERS: buffers} if buffers else {"params": params}
+        logits, aux = model.apply(
+            variables,
+            batch["tokens"],
+            batch["segment_ids"],
+            batch["positions"],
+            alpha,
+            rngs={"routing": rng},
+        )
+        loss, parts = total_loss(
+            logits,
+            aux,
+            batch["labels"],
+            batch["segment_ids"],
+            balance_coef=t.balance_coef,
+            z_coef=t.z_coef,
+            mtp_coef=t.mtp_coef,
+        )
+        parts["loss"] = parts["loss"] * loss_scale
+        return loss * loss_scale, (parts, aux)
+
+    def train_step(
+        state: TrainState, batch: Batch, ctl: Controls | None = None
+    ) -> tuple[TrainState, dict[str, Array]]:
+        ctl = controls() if ctl is None else ctl
+        rng = jax.random.fold_in(state.rng, state.step)
+        alpha = (
+            routing_alpha(state.step, t.routing_warmup_steps) if t.routing_warmup_steps else None
+        )
+        grads, (parts, aux) = jax.grad(loss_fn, has_aux=True)(
+            state.params, state.buffers, batch, rng, alpha, ctl["loss_scale"]
+        )
+        grad_norm = optax.tree.norm(grads)
+        verdict = anomaly.judge(state.spike_stats, parts["loss"], grad_norm, acfg)
+        lr_scale = jnp.where(verdict.spike, ctl["spike_lr_scale"], 1.0)
+        lr = schedule(state.step) * lr_scale
+        opt_state = set_learning_rate(state.opt_state, lr)
+        updates, opt_state = tx.update(grads, opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        buffers = state.buffers
+        if buffers:  # aux-loss-free balancing: counts are over the whole (global) batch
+            counts = moe_counts_by_bias_path(aux, cfg.model.num_mtp_layers)
+            buffers = jax.tree.map(
+                lambda b, c: expert_bias_update(b, c, t.expert_bias_rate), buffers, counts
+            )
+        apply = ~verdict.nonfinite & (~verdict.spike | (ctl["spike_lr_scale"] > 0))
+        if not acfg.enabled:
+            apply = jnp.ones((), bool)
+        # Skipping = keeping the old values; NaNs in the unselected branch do not leak.
+        params, buffers, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(apply, new, old),
+            (params, buffers, opt_state),
+            (state.params, state.buffers, state.opt_state),
+        )
+        clean = apply & ~verdict.spike & ~verdict.nonfinite
+        stats = anomaly.observe(state.spike_stats, parts["loss"], grad_norm, clean, acfg.ema_decay)
+        metrics = dict(parts)
+        metrics["grad_norm"] = grad_norm
+        metrics["lr"] = lr
+        metrics["skipped"] = ~apply
+        metrics["nonfinite"] = verdict.nonfinite
+        metrics["spike"] = verdict.spike
+        metrics["loss_z"] = verdict.loss_z
+        metrics["grad_norm_z"] = verdict.grad_norm_z
+        if "moe" in aux:
+            metrics["load_violation"] = load_violation(aux["moe"]["counts"])  # [N]
+            metrics["max_load_violation"] = metrics["load_violation"].max()
+            metrics["dropped"] = aux["moe"]["dropped"].sum()
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            buffers=buffers,
+            opt_state=opt_state,
+            spike_stats=stats,
+        )
+        return new_state, metrics
+
+    return train_step
+
+
+def metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Host-side floats (and per-layer lists) of a step's metrics."""
+    out: dict[str, Any] = {}
+    for k, v in jax.device_get(metrics).items():
+        out[k] = v.tolist() if getattr(v, "ndim", 0) else float(v)
+    return out

@@ -1,0 +1,90 @@
+"""The absl CLIs: bad input fails with exit 2 and writes nothing; info prints the counts."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--config=tiny", "--config.train.stepz=3"], "train.steps"),
+        (["--config=tiny", "--config.train.steps=three"], "train.steps"),
+        (["--config=tiny", "--config.model.moe.score_function=relu"], "sigmoid"),
+        (["--config=tiny-v3"], "tiny-v2"),
+        (["--config=tiny", "--workdri=x"], "workdir"),
+        (["--config=tiny", "--config.train.steps"], "needs a value"),
+        (["--config=experiments/nope.py"], "does not exist"),
+    ],
+)
+def test_train_bad_input_exits_2_and_writes_nothing(tmp_path, args, needle):
+    workdir = tmp_path / "run"
+    r = run("lingjax.cli.train", *args, f"--workdir={workdir}")
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 3  # one clear message, no traceback
+    assert not workdir.exists()
+
+
+def test_info_json_counts():
+    r = run("lingjax.cli.info", "--config=ling-mini-2.0", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["total"] == 16_255_643_392
+    assert out["active"] == 1_432_973_056
+    assert out["train_flops_per_token"] > 6 * out["active_non_embedding"]
+
+
+def test_info_table_and_overrides():
+    r = run("lingjax.cli.info", "--config=ling-lite", "--config.model.num_layers=2")
+    assert r.returncode == 0, r.stderr
+    assert "total params" in r.stdout and "active params" in r.stdout
+
+
+def test_train_cli_writes_config_metrics_and_tensorboard(tmp_path, corpus_dir):
+    workdir = tmp_path / "run"
+    r = run(
+        "lingjax.cli.train",
+        "--config=tiny",
+        "--config.train.steps=3",
+        "--config.train.log_every=1",
+        "--config.train.batch_size=2",
+        "--config.mesh.data=1",  # one of the 8 test devices: a batch of 2 does not split 8 ways
+        "--config.train.seq_len=64",
+        f"--config.data.corpus={corpus_dir}",
+        f"--workdir={workdir}",
+    )
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((workdir / "config.json").read_text())
+    assert cfg["train"]["steps"] == 3 and cfg["name"] == "tiny"
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in (
+        "step",
+        "loss",
+        "ce_loss",
+        "grad_norm",
+        "lr",
+        "tokens_per_sec",
+        "mfu",
+        "max_load_violation",
+    ):
+        assert key in rows[-1]
+    assert rows[-1]["tokens_per_sec"] > 0
+    assert any(f.startswith("events") for f in os.listdir(workdir / "tensorboard"))
+    assert "loss" in r.stdout
