@@ -41,7 +41,7 @@ from jax import lax
 from jaxtyping import Array, Float, Int
 
 from lingjax.kernels.permute import permute, unpermute
-from lingjax.parallel.rules import ACTIVATIONS, spec
+from lingjax.parallel.rules import ACTIVATIONS, MESH_AXES, spec
 
 Transport = Literal["auto", "ragged_all_to_all", "ring"]
 TRANSPORTS = ("auto", "ragged_all_to_all", "ring")
@@ -100,6 +100,11 @@ def sharded_experts(
       impl: kernel impl for permute/unpermute.
     """
     mesh = jax.sharding.get_abstract_mesh()
+    if tuple(mesh.axis_names) != MESH_AXES:
+        raise ValueError(
+            f"the MoE layer runs its experts on lingjax meshes with axes {MESH_AXES} "
+            f"(lingjax.parallel.make_mesh); the current mesh has axes {mesh.axis_names}"
+        )
     sizes = dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))
     ep, tp = sizes.get(EXPERT, 1), sizes.get(TENSOR, 1)
     K = ids_BLK.shape[-1]
@@ -131,6 +136,9 @@ def sharded_experts(
         body,
         in_specs=(tok, tok, tok, *w_specs),
         out_specs=tok,
+        # Off: the kernels' fori_loops start from unvarying zeros (their carries would need
+        # lax.pvary). The collectives above are written for plain manual semantics, and the
+        # tests check values and gradients against one device.
         check_vma=False,
     )(x_BLD, ids_BLK, weights_BLK, *expert_weights)
 

@@ -44,12 +44,19 @@ class ShardedTraining:
     batch_size: int  # global rows
     data_index: int  # which share of every global batch this process loads...
     data_count: int  # ...out of this many (make_train_iterator's process_index/count)
-    init: Callable[[jax.Array], Any]  # rng -> sharded TrainState
+    init: Any  # jitted: rng -> sharded TrainState
     step: Callable[..., tuple[Any, dict[str, jax.Array]]]  # (state, batch, ctl) -> ...
+    jitted_step: Any  # the jax.jit object behind `step` (traced under the mesh by `step`)
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's rows (from the loader) as global arrays split like the batch."""
         return put_batch(batch, self.batch_sharding, self.batch_size)
+
+    def lower_step(self, *args: Any) -> jax.stages.Lowered:
+        """The step lowered for `args` (state, batch, ctl; arrays or ShapeDtypeStructs), for
+        ahead-of-time compiles: `.compile()` then `.memory_analysis()` on the real devices, or
+        `.compile(compiler_options)`. The compiled step donates the state like `step`."""
+        return in_mesh_context(self.jitted_step.lower, self.mesh)(*args)
 
 
 def in_mesh_context(fn: Callable, mesh: Mesh) -> Callable:
@@ -101,4 +108,5 @@ def shard_training(
         data_count=count,
         init=init,
         step=in_mesh_context(step, mesh),
+        jitted_step=step,
     )

@@ -14,6 +14,8 @@ from lingjax.train.state import abstract_state
 from lingjax.train.step import controls
 from tests.parallel.helpers import batch, small
 
+FAST_COMPILE = {"xla_backend_optimization_level": 0}  # see test_equivalence.py
+
 
 def test_sharded_init_and_step_match_one_device():
     cfg = small(
@@ -23,7 +25,8 @@ def test_sharded_init_and_step_match_one_device():
     tx = make_optimizer(cfg.train)
     run = parallel.shard_training(cfg, tx, init_state, make_train_step, abstract_state(cfg, tx))
     assert (run.data_index, run.data_count) == (0, 1)  # one process loads the whole batch
-    state = run.init(jax.random.key(0))
+    key = jax.random.key(0)
+    state = run.init.lower(key).compile(FAST_COMPILE)(key)
 
     w = state.params["moe_layers"]["moe"]["w_up"]
     assert w.sharding.spec == PartitionSpec(None, "expert", "fsdp", "tensor")
@@ -33,13 +36,16 @@ def test_sharded_init_and_step_match_one_device():
     assert bias.sharding.spec == PartitionSpec(None, "expert")
     assert state.step.sharding.is_fully_replicated
 
-    ref_state = jax.jit(lambda rng: init_state(cfg, tx, rng))(jax.random.key(0))
+    ref_init = jax.jit(lambda rng: init_state(cfg, tx, rng))
+    ref_state = ref_init.lower(key).compile(FAST_COMPILE)(key)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params), strict=True):
         np.testing.assert_array_equal(a, b)  # the same random numbers, only laid out
 
     b = batch(cfg)
-    ref_new, ref_m = jax.jit(make_train_step(cfg, tx))(ref_state, b, controls())
-    new, m = run.step(state, run.put_batch(b), controls())
+    ref_step = jax.jit(make_train_step(cfg, tx)).lower(ref_state, b, controls())
+    ref_new, ref_m = ref_step.compile(FAST_COMPILE)(ref_state, b, controls())
+    args = (state, run.put_batch(b), controls())
+    new, m = run.lower_step(*args).compile(FAST_COMPILE)(*args)
     for key in ("loss", "ce_loss", "mtp_loss", "grad_norm", "balance_loss", "z_loss"):
         np.testing.assert_allclose(float(m[key]), float(ref_m[key]), rtol=2e-5, err_msg=key)
     np.testing.assert_array_equal(m["dropped"], 0)
