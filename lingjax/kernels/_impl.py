@@ -1,12 +1,42 @@
-"""The `impl=` switch shared by every kernel api: one check, one error message."""
+"""The `impl=` switch shared by every kernel api: one list of names, one check, one resolution.
+
+impls:
+- "pallas": this package's Pallas kernels. On GPU the Triton kernels, on TPU the Mosaic ones; on
+  any other backend (CPU) the GPU kernels run in Pallas interpret mode (slow; for tests).
+- "ragged_dot": XLA's own ops (`jax.lax.ragged_dot` for gmm; routing and permute have no
+  dedicated XLA op, so this is their jnp path, the same as "reference").
+- "reference": the pure-jnp oracle in each folder's reference.py (also the CPU path).
+- "auto": "pallas" on GPU and TPU, "reference" elsewhere.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Literal
+
+import jax
+
+IMPLS = ("auto", "pallas", "ragged_dot", "reference")
+Backend = Literal["gpu", "tpu", "interpret"]
 
 
-def check_impl(op: str, impl: str, valid: Sequence[str]) -> str:
+def check_impl(op: str, impl: str, valid=IMPLS) -> str:
     """Returns `impl` if it is one of `valid`, else raises a ValueError naming the valid ones."""
     if impl not in valid:
         raise ValueError(f"{op}: unknown impl={impl!r}; valid impls are {', '.join(valid)}")
     return impl
+
+
+def resolve(op: str, impl: str) -> str:
+    """The concrete impl ("pallas", "ragged_dot" or "reference") that `impl` means here."""
+    check_impl(op, impl)
+    if impl == "auto":
+        return "pallas" if jax.default_backend() in ("gpu", "tpu") else "reference"
+    return impl
+
+
+def pallas_backend() -> Backend:
+    """Which Pallas kernels "pallas" runs on the default backend."""
+    backend = jax.default_backend()
+    if backend in ("gpu", "tpu"):
+        return backend
+    return "interpret"

@@ -10,9 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.pallas import tpu as pltpu
 
-from lingjax.kernels import gmm
+from lingjax.kernels import _impl, gmm
 from lingjax.kernels.gmm import IMPLS, reference
+from lingjax.kernels.gmm.api import Pallas, pallas_gmm
+from lingjax.kernels.gmm.tiling import Tiles
+from tests.kernels.gpu_lowering import MOSAIC_CALL, TRITON_CALL, lower_for_cuda, lower_for_tpu
 from tests.kernels.tolerances import assert_close
 
 
@@ -38,7 +42,23 @@ def _loss(lhs, rhs, gs, c_MN, *, fn):
     return jnp.sum(out.astype(jnp.float32) * c_MN), out
 
 
+def _pallas(backend: str, tiles: Tiles, interpret=None):
+    """The Pallas gmm (with its custom_vjp) on explicit kernels and tiles."""
+
+    def fn(lhs, rhs, gs):
+        return pallas_gmm(Pallas(backend, lhs.dtype, tiles, interpret), lhs, rhs, gs)
+
+    return fn
+
+
+# "pallas" on CPU: the GPU (Triton) kernels in interpret mode, default tiles.
 _IMPL_FNS = {impl: functools.partial(gmm, impl=impl) for impl in ("reference", "ragged_dot")}
+_IMPL_FNS["pallas"] = functools.partial(gmm, impl="pallas")
+# The GPU kernels on 16-row tiles: many tiles, tiles shared by 2+ groups, empty groups inside.
+_IMPL_FNS["pallas-gpu-small-tiles"] = _pallas("interpret", Tiles(16, 16, 16))
+# The TPU (Mosaic) kernels in TPU interpret mode, which fills never-written memory with NaN
+# and raises on out-of-bounds reads; 16-row tiles (the smallest bf16-aligned ones).
+_IMPL_FNS["pallas-tpu-interpret"] = _pallas("tpu", Tiles(16, 128, 128), pltpu.InterpretParams())
 # Tiny tiles on small shapes: many size classes, several tiles per loop step, padded steps.
 _IMPL_FNS["reference-tiny-tiles"] = functools.partial(
     reference.gmm, tile_min=2, tile_max=16, rows_per_step=8
@@ -80,9 +100,10 @@ _CASES = [(s, jnp.float32) for s in _SHAPES] + [(s, jnp.bfloat16) for s in _SHAP
 
 
 # Tiny tiles (4 size classes, several tiles per step) on one fp32 and one bf16 case.
-_PARAMS = [(impl, s, d) for impl in ("reference", "ragged_dot") for s, d in _CASES] + [
-    ("reference-tiny-tiles", _SHAPES[1], jnp.float32),
-    ("reference-tiny-tiles", _SHAPES[0], jnp.bfloat16),
+_PARAMS = [(impl, s, d) for impl in ("reference", "ragged_dot", "pallas") for s, d in _CASES] + [
+    (impl, shape, dtype)
+    for impl in ("reference-tiny-tiles", "pallas-gpu-small-tiles", "pallas-tpu-interpret")
+    for shape, dtype in ((_SHAPES[1], jnp.float32), (_SHAPES[0], jnp.bfloat16))
 ]
 
 
@@ -119,22 +140,22 @@ def test_preferred_element_type_sets_the_output_dtype():
         rhs.astype(jnp.float32),
         jnp.asarray(_onehot_MG(np.array([10, 0, 25]), 40)),
     )
-    for impl in ("reference", "ragged_dot"):
+    for impl in ("reference", "ragged_dot", "pallas"):
         f = jax.jit(functools.partial(gmm, impl=impl, preferred_element_type=jnp.float32))
         out = f(lhs, rhs, gs)
         assert out.dtype == jnp.float32
         assert_close(out, want)  # fp32 output of fp32 accumulation: fp32 tolerance
 
 
-def test_auto_is_reference_and_bad_arguments_raise():
+def test_auto_is_reference_on_cpu_and_bad_arguments_raise():
     lhs = jax.random.normal(jax.random.key(0), (20, 8))
     rhs = jax.random.normal(jax.random.key(1), (2, 8, 4))
     gs = jnp.array([7, 13], jnp.int32)
     auto, ref = (jax.jit(functools.partial(gmm, impl=i)) for i in ("auto", "reference"))
     np.testing.assert_array_equal(auto(lhs, rhs, gs), ref(lhs, rhs, gs))
-    assert IMPLS == ("auto", "reference", "ragged_dot")
-    with pytest.raises(ValueError, match="valid impls are auto, reference, ragged_dot"):
-        gmm(lhs, rhs, gs, impl="pallas")
+    assert IMPLS == ("auto", "pallas", "ragged_dot", "reference")
+    with pytest.raises(ValueError, match="valid impls are auto, pallas, ragged_dot, reference"):
+        gmm(lhs, rhs, gs, impl="triton")
     with pytest.raises(ValueError, match="same K"):
         gmm(lhs, rhs[:, :4], gs)
     with pytest.raises(ValueError, match="group_sizes"):
@@ -166,3 +187,29 @@ def test_tile_plan_cost_does_not_grow_with_groups(G):
     assert padded_rows < G * t.q
     L = (t.m // t.q).bit_length() - 1
     assert n_tiles <= M // t.m + G * (L + 1)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_pallas_kernels_lower_for_gpu_and_tpu_without_a_device(dtype):
+    """Forward, input gradient and weight gradient each lower to one Triton (GPU) or Mosaic
+    (TPU) kernel at Ling-lite's expert shapes (H 2048, F 1408, E 64), rows not a tile multiple."""
+    S = jax.ShapeDtypeStruct
+    args = (S((6 * 1000, 2048), dtype), S((64, 2048, 1408), dtype), S((64,), jnp.int32))
+
+    def fwd_bwd(backend):
+        def fn(lhs, rhs, gs):
+            p = Pallas(backend, jnp.dtype(dtype))
+            out, vjp = jax.vjp(lambda a, b: pallas_gmm(p, a, b, gs), lhs, rhs)
+            return out, vjp(out)
+
+        return fn
+
+    assert lower_for_cuda(fwd_bwd("gpu"), *args).count(TRITON_CALL) == 3
+    assert lower_for_tpu(fwd_bwd("tpu"), *args).count(MOSAIC_CALL) == 3
+
+
+def test_auto_means_pallas_on_gpu_and_tpu(monkeypatch):
+    for backend, want in (("gpu", "pallas"), ("tpu", "pallas"), ("cpu", "reference")):
+        monkeypatch.setattr(_impl.jax, "default_backend", lambda b=backend: b)
+        assert _impl.resolve("gmm", "auto") == want
+        assert _impl.pallas_backend() == ("interpret" if backend == "cpu" else backend)

@@ -39,18 +39,18 @@ def _params(seed: int):
     )
 
 
-def _routing(p, bias, router):
-    return route(p["x"] @ p["w_router"], bias, k=K, **router)
+def _routing(p, bias, router, impl="reference"):
+    return route(p["x"] @ p["w_router"], bias, k=K, impl=impl, **router)
 
 
 def _moe_kernels(p, bias, c, *, router, impl):
-    r = _routing(p, bias, router)
-    xs_MD, sizes_E, order_M = permute(p["x"], r.ids, E)
+    r = _routing(p, bias, router, impl)
+    xs_MD, sizes_E, order_M = permute(p["x"], r.ids, E, impl=impl)
     # One gmm for gate and up (W_gate_up [E, D, 2F]), as the MoE layer does.
     w_gate_up = jnp.concatenate([p["w_gate"], p["w_up"]], axis=-1)
     gate_MF, up_MF = jnp.split(gmm(xs_MD, w_gate_up, sizes_E, impl=impl), 2, axis=-1)
     y_MD = gmm(jax.nn.silu(gate_MF) * up_MF, p["w_down"], sizes_E, impl=impl)
-    out_TD = unpermute(y_MD, order_M, r.weights)
+    out_TD = unpermute(y_MD, order_M, r.weights, impl=impl)
     return jnp.sum(out_TD * c), out_TD
 
 
@@ -71,6 +71,8 @@ def _moe_dense(p, bias, c, *, router):
         ("v1-softmax", "reference"),
         ("v2-sigmoid-groups", "reference"),
         ("v2-sigmoid-groups", "ragged_dot"),
+        ("v1-softmax", "pallas"),
+        ("v2-sigmoid-groups", "pallas"),
     ],
 )
 def test_routed_moe_equals_dense_moe(router, impl):

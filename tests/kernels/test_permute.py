@@ -1,15 +1,22 @@
-"""permute/unpermute against a naive loop (values) and a one-hot matrix formulation (grads).
+"""permute/unpermute against a naive loop (values) and a one-hot matrix formulation (grads);
+the Pallas row movers (CPU interpret mode, both block layouts) against the reference, values
+and gradients; and their lowering for CUDA and TPU without a device.
 
 Letters: T tokens, K top-k, E experts, M sorted rows (= T*K), D model dim.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.pallas import tpu as pltpu
 
 from lingjax.kernels import permute, unpermute
-from lingjax.kernels.permute import IMPLS
+from lingjax.kernels.permute import IMPLS, reference
+from lingjax.kernels.permute.api import pallas_movers
+from tests.kernels.gpu_lowering import MOSAIC_CALL, TRITON_CALL, lower_for_cuda, lower_for_tpu
 from tests.kernels.tolerances import assert_close
 
 T, K, E, D = 13, 3, 5, 6
@@ -89,16 +96,17 @@ def test_unpermute_keeps_y_dtype_and_sums_in_fp32():
     assert_close(out, want, jnp.bfloat16)
 
 
+@pytest.mark.parametrize("impl", ["reference", "pallas"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_gradients_match_a_onehot_formulation(dtype):
+def test_gradients_match_a_onehot_formulation(dtype, impl):
     x, ids, w = _inputs(4, dtype)
     P = _onehot_P(ids)  # sorted row m = assignment order[m]
     c = jax.random.normal(jax.random.key(5), (T, D))
 
     def loss(x, w):
-        xs, _, order = permute(x, ids, E)
+        xs, _, order = permute(x, ids, E, impl=impl)
         y = jnp.sin(xs.astype(jnp.float32)).astype(dtype) * 1.5
-        return jnp.sum(unpermute(y, order, w).astype(jnp.float32) * c)
+        return jnp.sum(unpermute(y, order, w, impl=impl).astype(jnp.float32) * c)
 
     def naive_loss(x, w):
         # The same dtype casts as the kernel path, so cotangents round at the same places.
@@ -129,12 +137,111 @@ def test_gradient_wrt_y_is_the_weighted_cotangent():
 
 def test_unknown_impl_and_bad_shapes_raise_value_errors():
     x, ids, w = _inputs(0)
-    assert IMPLS == ("auto", "reference")
-    with pytest.raises(ValueError, match="valid impls are auto, reference"):
-        permute(x, ids, E, impl="pallas")
+    assert IMPLS == ("auto", "pallas", "ragged_dot", "reference")
+    with pytest.raises(ValueError, match="valid impls are auto, pallas, ragged_dot, reference"):
+        permute(x, ids, E, impl="fast")
     with pytest.raises(ValueError, match="valid impls"):
         unpermute(jnp.ones((T * K, D)), jnp.arange(T * K), w, impl="fast")
     with pytest.raises(ValueError, match="same T"):
         permute(x[:-1], ids, E)
     with pytest.raises(ValueError, match="unpermute"):
         unpermute(jnp.ones((T * K - 1, D)), jnp.arange(T * K), w)
+
+
+# --- the Pallas row movers against the reference ---------------------------------------------
+
+PT, PD = 37, 20  # M = 111 rows and D = 20 columns: not multiples of any tile
+
+
+def _pallas_inputs(seed: int, dtype):
+    rng = np.random.default_rng(seed)
+    ids = np.stack(
+        [rng.choice(E, K, replace=False, p=[0.4, 0.3, 0.2, 0.1, 0.0]) for _ in range(PT)]
+    )
+    ks = jax.random.split(jax.random.key(seed), 5)
+    return (
+        jax.random.normal(ks[0], (PT, PD)).astype(dtype),  # x
+        jnp.asarray(ids, jnp.int32),
+        jax.random.normal(ks[1], (PT * K, PD)).astype(dtype),  # y
+        jax.random.uniform(ks[2], (PT, K), minval=0.1, maxval=1.0),  # w
+        jax.random.normal(ks[3], (PT * K, PD)),  # cotangent weights of permute's rows
+        jax.random.normal(ks[4], (PT, PD)),  # ... and of unpermute's output
+    )
+
+
+def _api_fns(impl):
+    return (
+        functools.partial(permute, num_experts=E, impl=impl),
+        functools.partial(unpermute, impl=impl),
+    )
+
+
+def _mover_fns(movers):
+    def permute_fn(x, ids):
+        order, sizes = reference.sort_by_expert(ids, E)
+        return movers.replicate(x, order, reference.inverse_permutation(order)), sizes, order
+
+    def unpermute_fn(y, order, w):
+        return movers.unpermute(y, order, reference.inverse_permutation(order), w)
+
+    return permute_fn, unpermute_fn
+
+
+def _values_and_grads(fns, x, ids, y, w, c_MD, c_TD):
+    """permute(x) and unpermute(y, w), and the grads of a random-weighted sum w.r.t. x, y, w."""
+    permute_fn, unpermute_fn = fns
+
+    def loss(x, y, w):
+        xs, sizes, order = permute_fn(x, ids)
+        out = unpermute_fn(y, order, w)
+        value = jnp.sum(xs.astype(jnp.float32) * c_MD) + jnp.sum(out.astype(jnp.float32) * c_TD)
+        return value, (xs, sizes, order, out)
+
+    return jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(x, y, w)
+
+
+_MOVERS = {
+    "api-pallas": lambda: _api_fns("pallas"),  # the GPU layout in interpret mode
+    "gpu-8x8-blocks": lambda: _mover_fns(pallas_movers("gpu", True, block_rows=8, block_d=8)),
+    "tpu-interpret": lambda: _mover_fns(pallas_movers("tpu", pltpu.InterpretParams())),
+}
+
+
+@pytest.mark.parametrize("movers", list(_MOVERS))
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pallas_movers_match_reference_values_and_gradients(dtype, movers):
+    args = _pallas_inputs(7, dtype)
+    (v, (xs, sizes, order, out)), grads = _values_and_grads(_MOVERS[movers](), *args)
+    (vr, (xs_r, sizes_r, order_r, out_r)), grads_r = _values_and_grads(_api_fns("reference"), *args)
+    assert sizes_r[4] == 0  # an empty expert
+    np.testing.assert_array_equal(order, order_r)
+    np.testing.assert_array_equal(sizes, sizes_r)
+    np.testing.assert_array_equal(xs, xs_r)  # a gather copies exactly
+    assert xs.dtype == out.dtype == dtype
+    assert_close(out, out_r, dtype)
+    assert_close(v, vr, dtype)
+    for g, g_r, name in zip(grads, grads_r, "xyw", strict=True):
+        assert g.dtype == g_r.dtype, name
+        assert_close(g, g_r, dtype, err_msg=f"d{name}")
+
+
+def _movers_fwd_bwd(movers):
+    def f(x, ids, y, w):
+        def loss(x, y, w):
+            xs, _, order = _mover_fns(movers)[0](x, ids)
+            out = _mover_fns(movers)[1](y, order, w)
+            return jnp.sum(xs.astype(jnp.float32) ** 2) + jnp.sum(out.astype(jnp.float32) ** 2)
+
+        return jax.value_and_grad(loss, (0, 1, 2))(x, y, w)
+
+    return f
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pallas_movers_lower_for_cuda_and_tpu_forward_and_backward(dtype):
+    """Forward: gather + combine; backward: combine (dx), scaled gather (dy), gather (dw)."""
+    S = jax.ShapeDtypeStruct
+    args = (S((PT, 256), dtype), S((PT, K), jnp.int32), S((PT * K, 256), dtype))
+    args += (S((PT, K), jnp.float32),)
+    assert lower_for_cuda(_movers_fwd_bwd(pallas_movers("gpu")), *args).count(TRITON_CALL) == 5
+    assert lower_for_tpu(_movers_fwd_bwd(pallas_movers("tpu")), *args).count(MOSAIC_CALL) == 5

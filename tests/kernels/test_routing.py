@@ -1,5 +1,7 @@
 """Router: hand-checkable selections and weights (v1 softmax, v2 sigmoid + bias, group-limited
-top-k, scaling, masked counts) and gradients against a naive one-hot formulation.
+top-k, scaling, masked counts) and gradients against a naive one-hot formulation; the Pallas
+kernel (CPU interpret mode, both block layouts) against the reference, values and gradients,
+exact ties included; and the kernel's lowering for CUDA and TPU without a device.
 
 Letters: T tokens, K top-k, E experts.
 """
@@ -10,9 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.pallas import tpu as pltpu
 
 from lingjax.kernels import Routing, route
 from lingjax.kernels.routing import IMPLS
+from lingjax.kernels.routing.api import route_pallas
+from tests.kernels.gpu_lowering import MOSAIC_CALL, TRITON_CALL, lower_for_cuda, lower_for_tpu
 from tests.kernels.tolerances import assert_close
 
 
@@ -176,10 +181,11 @@ def test_route_is_jittable_and_ids_are_descending_by_biased_score():
 
 def test_unknown_impl_and_bad_arguments_raise_value_errors():
     logits = jax.random.normal(jax.random.key(7), (4, 8))
-    with pytest.raises(ValueError, match="valid impls are auto, reference"):
-        route(logits, k=2, impl="pallas")
-    assert IMPLS == ("auto", "reference")
+    with pytest.raises(ValueError, match="valid impls are auto, pallas, ragged_dot, reference"):
+        route(logits, k=2, impl="fast")
+    assert IMPLS == ("auto", "pallas", "ragged_dot", "reference")
     assert route(logits, k=2, impl="reference").ids.shape == (4, 2)
+    assert route(logits, k=2, impl="ragged_dot").ids.shape == (4, 2)
     with pytest.raises(ValueError, match="score_function"):
         route(logits, k=2, score_function="relu")
     with pytest.raises(ValueError, match="k=9"):
@@ -190,3 +196,136 @@ def test_unknown_impl_and_bad_arguments_raise_value_errors():
         route(logits, k=5, n_group=4, topk_group=2)
     with pytest.raises(ValueError, match="bias"):
         route(logits, jnp.ones((7,)), k=2)
+
+
+# --- the Pallas kernel against the reference -------------------------------------------------
+
+# name: (T, E, k, logits dtype, with bias, route kwargs). T and E are not tile multiples.
+_PALLAS_CASES = {
+    "v2-sigmoid-groups-bias": (
+        37,
+        24,
+        3,
+        jnp.float32,
+        True,
+        dict(score_function="sigmoid", n_group=4, topk_group=2, routed_scaling_factor=2.5),
+    ),
+    "v1-softmax-k4": (37, 16, 4, jnp.float32, False, dict(score_function="softmax")),
+    "softmax-groups-bias-bf16": (
+        37,
+        24,
+        3,
+        jnp.bfloat16,
+        True,
+        dict(score_function="softmax", n_group=4, topk_group=2),
+    ),
+    "sigmoid-unnormed-k1": (
+        21,
+        12,
+        1,
+        jnp.float32,
+        True,
+        dict(score_function="sigmoid", norm_topk_prob=False, routed_scaling_factor=2.5),
+    ),
+}
+
+
+def _pallas_case(name: str, seed: int = 11):
+    T, E, k, dtype, with_bias, kw = _PALLAS_CASES[name]
+    ks = jax.random.split(jax.random.key(seed), 5)
+    logits = (jax.random.normal(ks[0], (T, E)) * 2).astype(dtype)
+    bias = jax.random.normal(ks[1], (E,)) * 0.1 if with_bias else None
+    mask = jax.random.bernoulli(ks[2], 0.7, (T,))
+    c_TK = jax.random.normal(ks[3], (T, k))
+    c_TE = jax.random.normal(ks[4], (T, E))
+    return (logits, bias, mask, c_TK, c_TE), dict(k=k, **kw)
+
+
+def _routing_and_grad(route_fn, logits, bias, mask, c_TK, c_TE):
+    """(Routing, d/d logits of a random-weighted sum of weights and scores), one jit."""
+
+    def loss(lg):
+        r = route_fn(lg, bias, token_mask_T=mask)
+        return jnp.sum(r.weights * c_TK) + jnp.sum(r.scores * c_TE), r
+
+    (_, r), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(logits)
+    return r, g
+
+
+def _assert_same_routing(got: Routing, want: Routing):
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_array_equal(got.counts, want.counts)
+    assert got.ids.dtype == got.counts.dtype == jnp.int32
+    assert got.weights.dtype == got.scores.dtype == jnp.float32
+    assert_close(got.weights, want.weights)
+    assert_close(got.scores, want.scores)
+
+
+@pytest.mark.parametrize("name", list(_PALLAS_CASES))
+def test_pallas_matches_reference_values_and_gradients(name):
+    args, kw = _pallas_case(name)
+    want, g_want = _routing_and_grad(functools.partial(route, impl="reference", **kw), *args)
+    got, g_got = _routing_and_grad(functools.partial(route, impl="pallas", **kw), *args)
+    _assert_same_routing(got, want)
+    assert g_got.dtype == args[0].dtype
+    assert_close(g_got, g_want, args[0].dtype)
+    assert int(want.counts.sum()) < args[0].shape[0] * kw["k"]  # the mask dropped tokens
+
+
+@pytest.mark.parametrize(
+    ("layout", "interpret"),
+    [("gpu", True), ("tpu", pltpu.InterpretParams())],
+    ids=["gpu-layout", "tpu-layout-tpu-interpret"],
+)
+def test_pallas_layouts_with_several_token_blocks(layout, interpret):
+    # 16-row blocks over T=37: three programs, the last one overhanging the arrays.
+    args, kw = _pallas_case("v2-sigmoid-groups-bias", seed=12)
+    want = route(*args[:2], token_mask_T=args[2], impl="reference", **kw)
+    fn = functools.partial(route_pallas, layout=layout, interpret=interpret, block_t=16, **kw)
+    got, g_got = _routing_and_grad(fn, *args)
+    _, g_want = _routing_and_grad(functools.partial(route, impl="reference", **kw), *args)
+    _assert_same_routing(got, want)
+    assert_close(g_got, g_want)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(k=3, score_function="softmax"),
+        dict(k=8, score_function="sigmoid"),  # k == E: every expert, in index order of ties
+        dict(k=3, score_function="sigmoid", n_group=4, topk_group=2),
+    ],
+    ids=["softmax", "sigmoid-k-equals-E", "sigmoid-groups"],
+)
+def test_pallas_breaks_exact_ties_like_lax_top_k(kw):
+    # Logits from {-1, 0, 1}: most rows hold tied experts, and tied groups (sum of top 2).
+    T, E = 24, 8
+    logits = jnp.asarray(np.random.default_rng(3).integers(-1, 2, (T, E)), jnp.float32)
+    logits = logits.at[0].set(0.5)  # one row all tied
+    bias = jnp.asarray([0.0, 0.25, 0.0, 0.25, 0.0, 0.0, 0.25, 0.25], jnp.float32)
+    for b in (None, bias):
+        want = route(logits, b, impl="reference", **kw)
+        got = route(logits, b, impl="pallas", **kw)
+        _assert_same_routing(got, want)
+    np.testing.assert_array_equal(route(logits, impl="pallas", **kw).ids[0], np.arange(kw["k"]))
+
+
+def test_pallas_kernel_lowers_for_cuda_and_tpu_forward_and_backward():
+    """The Triton and Mosaic lowerings run here without a device (compilation does not)."""
+    T, E = 37, 24
+    kw = dict(k=3, score_function="sigmoid", n_group=4, topk_group=2, routed_scaling_factor=2.5)
+    S = jax.ShapeDtypeStruct
+    args = (S((T, E), jnp.bfloat16), S((E,), jnp.float32), S((T,), jnp.bool_))
+
+    def fwd_bwd(layout):
+        def f(logits, bias, mask):
+            def loss(lg):
+                r = route_pallas(lg, bias, token_mask_T=mask, layout=layout, **kw)
+                return jnp.sum(r.weights) + jnp.sum(r.scores[:, 0]), r.ids
+
+            return jax.value_and_grad(loss, has_aux=True)(logits)
+
+        return f
+
+    assert lower_for_cuda(fwd_bwd("gpu"), *args).count(TRITON_CALL) == 1
+    assert lower_for_tpu(fwd_bwd("tpu"), *args).count(MOSAIC_CALL) == 1

@@ -1,24 +1,77 @@
-"""Grouped matmul api: shape checks and the `impl=` switch.
+"""Grouped matmul api: shape checks, the `impl=` switch and the Pallas kernels' custom_vjp.
 
 Letters: M sorted rows, K contraction dim, N output dim, G groups.
 
-impls:
-- "reference": pure jnp, cost independent of G (see reference.py); the oracle.
+impls (lingjax/kernels/_impl.py):
+- "pallas": kernel_gpu.py (Triton) on GPU, kernel_tpu.py (Mosaic) on TPU, kernel_gpu.py in
+  interpret mode elsewhere. Backward: dlhs is the same kernel against rhs transposed in place,
+  drhs the transposed "tgmm" kernel.
 - "ragged_dot": `jax.lax.ragged_dot` (XLA; on XLA:CPU it does G-fold dense work).
-- "auto": "reference" on every backend until the Pallas kernels land.
+- "reference": pure jnp, cost independent of G (see reference.py); the oracle and CPU path.
+- "auto": "pallas" on GPU and TPU, "reference" elsewhere.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.typing import DTypeLike
 from jaxtyping import Array, Float, Int
 
-from lingjax.kernels._impl import check_impl
-from lingjax.kernels.gmm import reference
+from lingjax.kernels._impl import IMPLS, pallas_backend, resolve
+from lingjax.kernels.gmm import kernel_gpu, kernel_tpu, reference
+from lingjax.kernels.gmm.tiling import Tiles
 
-IMPLS = ("auto", "reference", "ragged_dot")
+__all__ = ["IMPLS", "Pallas", "gmm", "pallas_gmm"]
+
+
+class Pallas(NamedTuple):
+    """Which Pallas kernels run and how (static: a custom_vjp non-differentiable argument)."""
+
+    backend: str  # "gpu", "tpu" or "interpret" (the GPU kernels in interpret mode)
+    out_dtype: jnp.dtype
+    tiles: Tiles | None = None  # None: the backend's defaults
+    interpret: object = None  # for "tpu": e.g. pltpu.InterpretParams() to run on CPU
+
+    def kernels(self):
+        module = kernel_tpu if self.backend == "tpu" else kernel_gpu
+        tiles = module.TILES if self.tiles is None else self.tiles
+        if self.backend == "tpu":
+            interpret = False if self.interpret is None else self.interpret
+        else:
+            interpret = self.backend == "interpret"
+        kw = {"interpret": interpret, "tiles": tiles}
+        return functools.partial(module.gmm, **kw), functools.partial(module.tgmm, **kw)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def pallas_gmm(p: Pallas, lhs_MK, rhs_GKN, group_sizes_G):
+    """The Pallas gmm with its gradients; lhs and rhs must share a dtype."""
+    fwd, _ = p.kernels()
+    return fwd(lhs_MK, rhs_GKN, group_sizes_G, out_dtype=p.out_dtype)
+
+
+def _pallas_gmm_fwd(p, lhs_MK, rhs_GKN, group_sizes_G):
+    return pallas_gmm(p, lhs_MK, rhs_GKN, group_sizes_G), (lhs_MK, rhs_GKN, group_sizes_G)
+
+
+def _pallas_gmm_bwd(p, res, dout_MN):
+    lhs_MK, rhs_GKN, group_sizes_G = res
+    fwd, tgmm = p.kernels()
+    dout_MN = dout_MN.astype(lhs_MK.dtype)  # the kernels multiply operands of one dtype
+    # dlhs[r] = dout[r] @ rhs[g(r)]^T: zero for rows past sum(group_sizes), as the forward.
+    dlhs = fwd(dout_MN, rhs_GKN, group_sizes_G, transpose_rhs=True, out_dtype=lhs_MK.dtype)
+    drhs = tgmm(
+        lhs_MK, dout_MN, group_sizes_G, num_groups=rhs_GKN.shape[0], out_dtype=rhs_GKN.dtype
+    )
+    return dlhs, drhs, None
+
+
+pallas_gmm.defvjp(_pallas_gmm_fwd, _pallas_gmm_bwd)
 
 
 def gmm(
@@ -46,7 +99,7 @@ def gmm(
     Returns:
       [M, N] array.
     """
-    impl = check_impl("gmm", impl, IMPLS)
+    impl = resolve("gmm", impl)
     if lhs_MK.ndim != 2 or rhs_GKN.ndim != 3 or lhs_MK.shape[1] != rhs_GKN.shape[1]:
         raise ValueError(
             f"gmm: want lhs [M, K] and rhs [G, K, N] with the same K, got lhs {lhs_MK.shape} "
@@ -68,4 +121,8 @@ def gmm(
             lhs_MK, rhs_GKN, group_sizes_G.astype(jnp.int32), preferred_element_type=jnp.float32
         )
         return out.astype(out_dtype)
+    if impl == "pallas" and lhs_MK.shape[0] > 0:
+        dtype = jnp.promote_types(lhs_MK.dtype, rhs_GKN.dtype)
+        p = Pallas(pallas_backend(), jnp.dtype(out_dtype))
+        return pallas_gmm(p, lhs_MK.astype(dtype), rhs_GKN.astype(dtype), group_sizes_G)
     return reference.gmm(lhs_MK, rhs_GKN, group_sizes_G, preferred_element_type=out_dtype)

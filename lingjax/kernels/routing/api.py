@@ -1,19 +1,24 @@
-"""MoE routing api: argument checks and the `impl=` switch.
+"""MoE routing api: argument checks, the `impl=` switch and the Pallas path's custom_vjp.
 
 Letters: T tokens, K top-k, E experts.
 
-impls: "reference" (pure jnp), "auto" (-> reference).
+impls (lingjax.kernels._impl): "pallas" (kernel.py: Triton on GPU, Mosaic on TPU, the GPU
+layout in interpret mode elsewhere), "ragged_dot" and "reference" (pure jnp), "auto" ("pallas"
+on GPU/TPU, else "reference").
 """
 
 from __future__ import annotations
 
+import functools
+
+import jax
 from jaxtyping import Array, Float
 
-from lingjax.kernels._impl import check_impl
-from lingjax.kernels.routing import reference
+from lingjax.kernels import _impl
+from lingjax.kernels.routing import kernel, reference
 from lingjax.kernels.routing.reference import Routing
 
-IMPLS = ("auto", "reference")
+IMPLS = _impl.IMPLS
 SCORE_FUNCTIONS = ("softmax", "sigmoid")
 
 
@@ -39,6 +44,75 @@ def _check(logits_TE, bias_E, k, score_function, n_group, topk_group) -> None:
                 f"route: topk_group * experts per group = {topk_group * (E // n_group)} leaves "
                 f"fewer than k={k} experts to choose from; raise topk_group or lower k"
             )
+
+
+# opts: the kernel's static keyword arguments as a sorted tuple of items (hashable).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _route_pallas(logits_TE, bias_E, token_mask_T, opts) -> Routing:
+    o = dict(opts)
+    ids_TK, weights_TK, counts_E = kernel.route_topk(logits_TE, bias_E, token_mask_T, **o)
+    # The [T, E] scores (for the balance loss) are one elementwise op: jnp, fused by XLA.
+    return Routing(ids_TK, weights_TK, reference.scores(logits_TE, o["score_function"]), counts_E)
+
+
+def _route_pallas_fwd(logits_TE, bias_E, token_mask_T, opts):
+    out = _route_pallas(logits_TE, bias_E, token_mask_T, opts)
+    return out, (logits_TE, out.ids)
+
+
+def _route_pallas_bwd(opts, res, g: Routing):
+    # The ids are discrete, so differentiating the jnp weights at the chosen ids is exact.
+    logits_TE, ids_TK = res
+    o = dict(opts)
+    f = functools.partial(
+        reference.weights_and_scores,
+        ids_TK=ids_TK,
+        score_function=o["score_function"],
+        norm_topk_prob=o["norm_topk_prob"],
+        scale=o["routed_scaling_factor"],
+    )
+    _, vjp = jax.vjp(f, logits_TE)
+    (d_logits_TE,) = vjp((g.weights, g.scores))
+    return d_logits_TE, None, None  # the bias and the mask only select: no gradient
+
+
+_route_pallas.defvjp(_route_pallas_fwd, _route_pallas_bwd)
+
+
+def route_pallas(
+    logits_TE: Float[Array, "T E"],
+    bias_E: Float[Array, " E"] | None = None,
+    *,
+    k: int,
+    score_function: str = "softmax",
+    n_group: int = 0,
+    topk_group: int = 0,
+    norm_topk_prob: bool = True,
+    routed_scaling_factor: float = 1.0,
+    token_mask_T: Array | None = None,
+    layout: str = "gpu",
+    interpret=False,
+    block_t: int | None = None,
+) -> Routing:
+    """`route` through the Pallas kernel with an explicit block layout and interpret mode.
+
+    `route(impl="pallas")` picks these from the backend; tests pick them to run the "tpu" layout
+    in TPU interpret mode (`interpret=pltpu.InterpretParams()`) or to lower for hardware that
+    is not here. Differentiable in the logits (weights and scores), as `route`. Arguments are
+    not checked here.
+    """
+    opts = dict(
+        k=k,
+        score_function=score_function,
+        n_group=n_group,
+        topk_group=topk_group,
+        norm_topk_prob=norm_topk_prob,
+        routed_scaling_factor=float(routed_scaling_factor),
+        layout=layout,
+        interpret=interpret,
+        block_t=block_t,
+    )
+    return _route_pallas(logits_TE, bias_E, token_mask_T, tuple(sorted(opts.items())))
 
 
 def route(
@@ -67,18 +141,17 @@ def route(
       routed_scaling_factor: multiplies the weights (2.5 in Ling 2.0).
       token_mask_T: bool/0-1 per token; only valid tokens enter `counts` (ids and weights are
         computed for every token; the caller ignores masked ones).
-      impl: one of IMPLS.
+      impl: one of IMPLS ("auto", "pallas", "ragged_dot", "reference"); "ragged_dot" is the
+        reference here (there is no XLA routing op).
 
     Returns:
       Routing(ids [T,k] int32 by descending selection score, weights [T,k] fp32,
       scores [T,E] fp32, counts [E] int32). Gradients reach the logits through weights and
       scores; the selection is discrete. Ties go to the lowest expert index.
     """
-    check_impl("route", impl, IMPLS)
+    impl = _impl.resolve("route", impl)
     _check(logits_TE, bias_E, k, score_function, n_group, topk_group)
-    return reference.route(
-        logits_TE,
-        bias_E,
+    kw = dict(
         k=k,
         score_function=score_function,
         n_group=n_group,
@@ -87,3 +160,9 @@ def route(
         routed_scaling_factor=routed_scaling_factor,
         token_mask_T=token_mask_T,
     )
+    if impl == "pallas":
+        backend = _impl.pallas_backend()
+        layout = "tpu" if backend == "tpu" else "gpu"  # interpret runs the GPU layout
+        interpret = backend == "interpret"
+        return route_pallas(logits_TE, bias_E, layout=layout, interpret=interpret, **kw)
+    return reference.route(logits_TE, bias_E, **kw)

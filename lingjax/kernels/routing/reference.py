@@ -47,6 +47,36 @@ def _group_mask(sel_TE: Float[Array, "T E"], n_group: int, topk_group: int) -> A
     return jnp.repeat(keep_TG, E // n_group, axis=1)
 
 
+def scores(logits_TE: Float[Array, "T E"], score_function: str) -> Float[Array, "T E"]:
+    """fp32 softmax probabilities (v1) or sigmoid scores (v2) of the logits."""
+    logits_TE = logits_TE.astype(jnp.float32)
+    if score_function == "softmax":
+        return jax.nn.softmax(logits_TE, axis=-1)
+    return jax.nn.sigmoid(logits_TE)
+
+
+def weights_and_scores(
+    logits_TE: Float[Array, "T E"],
+    ids_TK: Int[Array, "T K"],
+    score_function: str,
+    norm_topk_prob: bool,
+    scale: float,
+) -> tuple[Float[Array, "T K"], Float[Array, "T E"]]:
+    """The differentiable part of routing for fixed ids: combine weights and scores.
+
+    Also the backward of the Pallas path (api.py): the ids are discrete, so differentiating
+    this at the chosen ids is exact.
+    """
+    scores_TE = scores(logits_TE, score_function)
+    weights_TK = jnp.take_along_axis(scores_TE, ids_TK, axis=-1)
+    if norm_topk_prob:
+        if score_function == "sigmoid":
+            weights_TK = weights_TK / (jnp.sum(weights_TK, -1, keepdims=True) + SIGMOID_NORM_EPS)
+        elif ids_TK.shape[1] > 1:
+            weights_TK = weights_TK / jnp.sum(weights_TK, -1, keepdims=True)
+    return weights_TK * scale, scores_TE
+
+
 def route(
     logits_TE: Float[Array, "T E"],
     bias_E: Float[Array, " E"] | None = None,
@@ -60,12 +90,7 @@ def route(
     token_mask_T: Array | None = None,
 ) -> Routing:
     """Routes T tokens to k of E experts. Arguments as in `lingjax.kernels.routing.route`."""
-    logits_TE = logits_TE.astype(jnp.float32)
-    if score_function == "softmax":
-        scores_TE = jax.nn.softmax(logits_TE, axis=-1)
-    else:
-        scores_TE = jax.nn.sigmoid(logits_TE)
-
+    scores_TE = scores(logits_TE, score_function)
     # Selection never carries gradient: the ids are discrete.
     sel_TE = jax.lax.stop_gradient(scores_TE)
     if bias_E is not None:
@@ -74,14 +99,9 @@ def route(
         sel_TE = jnp.where(_group_mask(sel_TE, n_group, topk_group), sel_TE, -jnp.inf)
     _, ids_TK = jax.lax.top_k(sel_TE, k)
     ids_TK = ids_TK.astype(jnp.int32)
-
-    weights_TK = jnp.take_along_axis(scores_TE, ids_TK, axis=-1)
-    if norm_topk_prob:
-        if score_function == "sigmoid":
-            weights_TK = weights_TK / (jnp.sum(weights_TK, -1, keepdims=True) + SIGMOID_NORM_EPS)
-        elif k > 1:
-            weights_TK = weights_TK / jnp.sum(weights_TK, -1, keepdims=True)
-    weights_TK = weights_TK * routed_scaling_factor
+    weights_TK, _ = weights_and_scores(
+        logits_TE, ids_TK, score_function, norm_topk_prob, routed_scaling_factor
+    )
 
     T, E = logits_TE.shape
     valid_T = jnp.ones((T,), jnp.int32) if token_mask_T is None else token_mask_T.astype(jnp.int32)
