@@ -12,27 +12,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
-import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from timing import timed
 
 from lingjax.configs import MoEConfig
 from lingjax.model.mlp import SwiGLU
 from lingjax.model.moe import MoEBlock
-
-
-def timed(fn, *args, repeats: int) -> float:
-    """Median seconds of fn(*args) after one warm-up (compile) call."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def fwd_bwd(module, x, *extra):

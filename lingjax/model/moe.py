@@ -82,7 +82,8 @@ class MoEBlock(nn.Module):
         # the router and the capacity decision above stay global, so they mean the same.
         sharded = active_mesh() is not None
         if sharded and c.capacity_factor is not None:  # global ranks from a sort of ids only
-            _, group_sizes, order = permute(jnp.zeros((B * L, 1)), routing.ids, E, impl=c.impl)
+            # (a sort of ids: the jnp path, which the partitioner splits like any XLA op)
+            _, group_sizes, order = permute(jnp.zeros((B * L, 1)), routing.ids, E, impl="reference")
         elif not sharded:
             x_MD, group_sizes, order = permute(x_TD, routing.ids, E, impl=c.impl)
 

@@ -10,6 +10,7 @@ optimiser) that only changes which experts are selected, never the combine weigh
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -18,7 +19,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
 from lingjax.configs import MoEConfig
+from lingjax.kernels._impl import resolve
 from lingjax.kernels.routing import Routing, route
+from lingjax.parallel.expert import active_mesh, sharded_route
 
 BUFFERS = "buffers"  # variable collection for non-trainable model state
 
@@ -107,18 +110,20 @@ class Router(nn.Module):
         route_logits = logits
         if warmup_alpha is not None:
             route_logits = warmup_logits(logits, valid, warmup_alpha, self.make_rng("routing"))
-        routing = route(
-            route_logits,
-            bias,
+        route_fn = functools.partial(
+            route,
             k=c.num_experts_per_tok,
             score_function=c.score_function,
             n_group=c.n_group,
             topk_group=c.topk_group,
             norm_topk_prob=c.norm_topk_prob,
             routed_scaling_factor=c.routed_scaling_factor,
-            token_mask_T=valid,
             impl=c.impl,
         )
+        if active_mesh() is not None and resolve("route", c.impl) == "pallas":
+            routing = sharded_route(route_fn, route_logits, bias, valid)
+        else:
+            routing = route_fn(route_logits, bias, token_mask_T=valid)
         return RouterOut(
             routing,
             balance_loss(routing, valid, c.num_experts_per_tok),

@@ -41,6 +41,7 @@ from jax import lax
 from jaxtyping import Array, Float, Int
 
 from lingjax.kernels.permute import permute, unpermute
+from lingjax.kernels.routing import Routing
 from lingjax.parallel.rules import ACTIVATIONS, MESH_AXES, spec
 
 Transport = Literal["auto", "ragged_all_to_all", "ring"]
@@ -229,3 +230,32 @@ def emulated_ragged_all_to_all(
     vals = op_all[sender[piece], row]
     mask = inside.reshape((M,) + (1,) * (output.ndim - 1))
     return jnp.where(mask, vals, output)
+
+
+def sharded_route(
+    route_fn: Callable[..., Routing],
+    logits_TE: Float[Array, "T E"],
+    bias_E: Float[Array, " E"] | None,
+    token_mask_T: Array,
+) -> Routing:
+    """`route_fn(logits, bias, token_mask)` on each device's own tokens, counts summed.
+
+    A Pallas kernel is opaque to XLA's partitioner, which would gather the global [T, E] logits
+    onto every device and route all tokens everywhere; under shard_map each device routes its
+    share of the batch (split as the rules' "batch" entry) and only the [E] counts travel.
+    """
+    tok = spec(("batch", None), ACTIVATIONS, what="router logits")
+    vec = jax.sharding.PartitionSpec(tok[0])
+    token_axes = tok[0] if isinstance(tok[0], tuple) else (tok[0],)
+    rep = jax.sharding.PartitionSpec()
+
+    def body(logits, bias, mask):
+        r = route_fn(logits, bias, token_mask_T=mask)
+        return r._replace(counts=lax.psum(r.counts, token_axes))
+
+    return jax.shard_map(
+        body,
+        in_specs=(tok, None if bias_E is None else rep, vec),
+        out_specs=Routing(tok, tok, tok, rep),
+        check_vma=False,  # as in sharded_experts: the kernels' loop carries are unvarying
+    )(logits_TE, bias_E, token_mask_T)
