@@ -45,6 +45,7 @@ def main(argv: list[str]) -> None:
         common.usage_error("--workdir is required (e.g. --workdir=runs/tiny)")
     from lingjax.checkpoint import CheckpointError
     from lingjax.configs import ConfigError
+    from lingjax.data import CorpusError, TokenizerError
     from lingjax.train import FaultPlan, TrainingAnomalyError, train  # nothing heavy before
 
     try:
@@ -56,7 +57,7 @@ def main(argv: list[str]) -> None:
         summary = train(
             cfg, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change, faults=faults
         )
-    except ConfigError as e:  # raised before anything is written
+    except (ConfigError, CorpusError, TokenizerError) as e:  # raised before anything is written
         common.usage_error(str(e))
     except (CheckpointError, TrainingAnomalyError) as e:  # the message says what to do
         print(f"error: {e}", file=sys.stderr)

@@ -31,6 +31,7 @@ from lingjax.checkpoint import Checkpointer, check_resume_config
 from lingjax.checkpoint.config_check import CONFIG_FILE
 from lingjax.configs import Config, to_dict, to_json
 from lingjax.data import MODEL_INPUTS, MixtureMeter, make_train_iterator
+from lingjax.data.sources import open_sources
 from lingjax.scaling import flops_per_token, peak_flops
 from lingjax.train.anomaly import VERDICT_KEYS, AnomalyMonitor, Outcome
 from lingjax.train.evaluation import Evaluator, _eval_step
@@ -130,6 +131,9 @@ def train(
     cfg.checkpoint.validate()
     parallel.check_config(cfg, parallel.mesh_shape(cfg.mesh, jax.device_count()))  # issue #4
     check_resume_config(workdir, cfg, allow_change=allow_config_change)
+    # A missing or foreign corpus, or ids past the vocabulary, fail here (CorpusError), before
+    # anything is written to the workdir. Reads the manifests and document lengths only.
+    open_sources(cfg.data, vocab_size=cfg.model.vocab_size, split="train")
     if jax.process_index() == 0:
         write_config(cfg, workdir)
     run = _Run(cfg, workdir, faults or FaultPlan(), target_shardings)

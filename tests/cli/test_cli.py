@@ -30,6 +30,7 @@ def run(*args, cwd=None):
         (["--config=tiny", "--workdri=x"], "workdir"),
         (["--config=tiny", "--config.train.steps"], "needs a value"),
         (["--config=experiments/nope.py"], "does not exist"),
+        (["--config=tiny", "--config.data.corpus=no/such/corpus"], "lingjax.cli.build_corpus"),
     ],
 )
 def test_train_bad_input_exits_2_and_writes_nothing(tmp_path, args, needle):
