@@ -143,6 +143,12 @@ class Checkpointer:
                 read_only=read_only,
             ),
         )
+        # Orbax removes those leftovers in a background thread and waits for it only before
+        # its next save; wait now, so restore and discard see a settled directory (orbax
+        # 0.12 has no public hook for this; without the attribute there is nothing to wait).
+        settle = getattr(self._mgr, "_maybe_await_cleanup_tmp_directory", None)
+        if settle is not None:
+            settle()
 
     # ------------------------------------------------------------------------ save
 
