@@ -8,8 +8,10 @@
 `lingjax.checkpoint.load_checkpoint`, read by `lingjax.cli.generate --checkpoint=`),
 hf_config.json (the source config.json) and the tokenizer files. --to=hf writes config.json,
 model-*.safetensors shards and model.safetensors.index.json for BailingMoeForCausalLM (v1) or
-BailingMoeV2ForCausalLM (v2). Both check the whole input before writing anything; peak host
-memory is a few blocks of --block_mb, not the model. Remote code is never run and pickle
+BailingMoeV2ForCausalLM (v2); --checkpoint may also be a training --workdir (its newest
+checkpoint that restores, read into memory whole). Both check the whole input before writing
+anything; from converted checkpoints peak host memory is a few blocks of --block_mb, not the
+model. Remote code is never run and pickle
 checkpoints are refused.
 """
 
@@ -22,7 +24,9 @@ from lingjax.cli import common
 flags.DEFINE_enum("from", None, ["hf"], "Convert from this format into a lingjax checkpoint.")
 flags.DEFINE_enum("to", None, ["hf"], "Convert a lingjax checkpoint into this format.")
 flags.DEFINE_string("hf_dir", None, "--from=hf: the Hugging Face model directory.")
-flags.DEFINE_string("checkpoint", None, "--to=hf: the lingjax checkpoint directory.")
+flags.DEFINE_string(
+    "checkpoint", None, "--to=hf: a lingjax checkpoint directory or a training --workdir."
+)
 flags.DEFINE_string("out", None, "Output directory (must not exist, or be empty).")
 flags.DEFINE_enum(
     "dtype", None, ["float32", "bfloat16"], "--from=hf: parameter dtype (default: as stored)."
@@ -58,16 +62,25 @@ def main(argv: list[str]) -> None:
                 f"{cfg.hidden_size}, {cfg.moe.num_experts} experts, {cfg.param_dtype}"
             )
         else:
-            hf = checkpoint.convert_to_hf(
-                F.checkpoint,
-                F.out,
+            from lingjax.train import is_run_dir, load_run
+
+            kw = dict(
                 arch=F.arch,
                 include_mtp=F.mtp,
                 max_shard_size=checkpoint.parse_size(F.max_shard_size),
                 block_bytes=block,
             )
+            if is_run_dir(F.checkpoint):  # a training workdir: its newest good checkpoint
+                hf = checkpoint.save_hf(*load_run(F.checkpoint), F.out, **kw)
+            else:  # a converted checkpoint: streamed block by block
+                hf = checkpoint.convert_to_hf(F.checkpoint, F.out, **kw)
             print(f"wrote {hf['architectures'][0]} checkpoint {F.out}")
-    except (checkpoint.HFCheckpointError, FileNotFoundError, ValueError) as e:
+    except (
+        checkpoint.HFCheckpointError,
+        checkpoint.CheckpointError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:
         common.usage_error(str(e))
 
 

@@ -5,9 +5,10 @@
     python -m lingjax.cli.generate --checkpoint=ckpt --prompt_ids=5,6,7 --prompt_ids=8,9
 
 --checkpoint is a lingjax checkpoint directory (config.json + variables/, e.g. written by
-`lingjax.cli.convert --from=hf`). Text prompts use --tokenizer: "byte", the path of a
-tokenizer.json, or by default the checkpoint's own tokenizer.json (else the byte tokenizer).
-Several --prompt/--prompt_ids run as one batch.
+`lingjax.cli.convert --from=hf`) or a training workdir (its newest checkpoint that restores).
+Text prompts use --tokenizer: "byte", the path of a tokenizer.json, or by default the
+checkpoint's own tokenizer.json (else the byte tokenizer). Several --prompt/--prompt_ids run as
+one batch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from absl import flags, logging
 
 from lingjax.cli import common
 
-flags.DEFINE_string("checkpoint", None, "lingjax checkpoint directory (config.json + variables/).")
+flags.DEFINE_string(
+    "checkpoint", None, "lingjax checkpoint directory (config.json + variables/) or a --workdir."
+)
 flags.DEFINE_multi_string("prompt", [], "A text prompt (repeat for a batch).")
 flags.DEFINE_multi_string("prompt_ids", [], "A prompt as comma-separated token ids.")
 flags.DEFINE_string("tokenizer", "", "byte, a tokenizer.json path, or '' = the checkpoint's.")
@@ -43,7 +46,8 @@ def _parse_ids(text: str) -> list[int]:
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+    # Orbax logs every restore at INFO, and read-only managers at WARNING.
+    logging.set_verbosity(logging.ERROR)
     F = common.FLAGS
     if not F.checkpoint:
         common.usage_error("--checkpoint=DIR is required (a lingjax checkpoint directory)")
@@ -65,12 +69,16 @@ def main(argv: list[str]) -> None:
         except TokenizerError as e:
             common.usage_error(str(e))
         ids = [tok.encode(p).tolist() for p in F.prompt] + ids
-    from lingjax.checkpoint import load_checkpoint
+    from lingjax.checkpoint import CheckpointError, load_checkpoint
     from lingjax.evaluate import generate
+    from lingjax.train import is_run_dir, load_run
 
     try:
-        cfg, variables = load_checkpoint(F.checkpoint)
-    except FileNotFoundError as e:
+        if is_run_dir(F.checkpoint):  # a training workdir: its newest good checkpoint
+            cfg, variables = load_run(F.checkpoint)
+        else:
+            cfg, variables = load_checkpoint(F.checkpoint)
+    except (FileNotFoundError, CheckpointError) as e:
         common.usage_error(str(e))
     try:
         out = generate(

@@ -1,5 +1,6 @@
 """Training: state, the pure step, losses, optimiser and schedules, the loop, anomaly handling."""
 
+from lingjax.train.export import is_run_dir, load_run
 from lingjax.train.faults import FaultPlan
 from lingjax.train.loop import TrainingAnomalyError, train
 from lingjax.train.optimizer import make_optimizer
@@ -14,6 +15,8 @@ __all__ = [
     "controls",
     "expert_bias_update",
     "init_state",
+    "is_run_dir",
+    "load_run",
     "make_optimizer",
     "make_schedule",
     "make_train_step",

@@ -5,7 +5,12 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
+
+from lingjax import load_hf
+from lingjax.train import load_run
 
 
 def run(*args, cwd=None):
@@ -89,3 +94,15 @@ def test_train_cli_writes_config_metrics_and_tensorboard(tmp_path, corpus_dir):
     assert rows[-1]["tokens_per_sec"] > 0
     assert any(f.startswith("events") for f in os.listdir(workdir / "tensorboard"))
     assert "loss" in r.stdout
+    # The run's newest checkpoint is what generation and the Hugging Face export read.
+    _, variables = load_run(workdir)
+    hf_dir = tmp_path / "hf"
+    r = run("lingjax.cli.convert", "--to=hf", f"--checkpoint={workdir}", f"--out={hf_dir}")
+    assert r.returncode == 0, r.stderr
+    _, exported = load_hf(str(hf_dir))
+    trained = jax.tree_util.tree_leaves_with_path(variables["params"])
+    for (path, want), got in zip(trained, jax.tree.leaves(exported["params"]), strict=True):
+        np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
+    r = run("lingjax.cli.generate", f"--checkpoint={workdir}", "--prompt_ids=5,6,7", "--eos_id=-1")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip().split(",")) == 32  # --max_new_tokens' default
