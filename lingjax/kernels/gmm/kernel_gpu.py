@@ -29,7 +29,15 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltr
 from jaxtyping import Array, Float, Int
 
-from lingjax.kernels.gmm.tiling import Tiles, offsets, pad_to, round_up, row_mask, tile_group_range
+from lingjax.kernels.gmm.tiling import (
+    Tiles,
+    dot_precision,
+    offsets,
+    pad_to,
+    round_up,
+    row_mask,
+    tile_group_range,
+)
 
 # Hopper-sized defaults (128x128 output tiles, 64-deep K steps, 8 warps, 3 stages); the
 # benchmark (experiments/bench/kernels.py) is where to tune them.
@@ -44,10 +52,6 @@ def _fit(t: int, dim: int) -> int:
     return min(t, max(_MIN_DOT, pl.next_power_of_2(dim)))
 
 
-def _precision(dtype):
-    return lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
-
-
 def _compiler_params():
     return pltr.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 
@@ -56,7 +60,7 @@ def _gmm_kernel(off_ref, rng_ref, lhs_ref, rhs_ref, out_ref, *, tiles, nk, trans
     tm, tk, tn = tiles
     i, j = pl.program_id(0), pl.program_id(1)
     row0 = i * tm
-    precision = _precision(lhs_ref.dtype)
+    precision = dot_precision(lhs_ref.dtype)
 
     def group(g, acc):
         lo, hi = off_ref[g], off_ref[g + 1]
@@ -121,7 +125,7 @@ def _tgmm_kernel(off_ref, lhs_ref, dout_ref, out_ref, *, tiles):
     tm, tk, tn = tiles
     g, a, b = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     lo, hi = off_ref[g], off_ref[g + 1]
-    precision = _precision(lhs_ref.dtype)
+    precision = dot_precision(lhs_ref.dtype)
 
     def row_tile(t, acc):
         row0 = t * tm

@@ -28,7 +28,15 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jaxtyping import Array, Float, Int
 
-from lingjax.kernels.gmm.tiling import Tiles, offsets, pad_to, round_up, row_mask, work_items
+from lingjax.kernels.gmm.tiling import (
+    Tiles,
+    dot_precision,
+    offsets,
+    pad_to,
+    round_up,
+    row_mask,
+    work_items,
+)
 
 # (8, 128)-aligned defaults sized for v5e/v6e VMEM; tune in experiments/bench/kernels.py.
 TILES = Tiles(m=512, k=512, n=512)
@@ -37,10 +45,6 @@ _LANE, _SUBLANE = 128, 16  # 16 rows: a whole bf16 sublane tile (fp32 needs 8)
 
 def _fit(t: int, dim: int, align: int) -> int:
     return min(t, round_up(dim, align))
-
-
-def _precision(dtype):
-    return lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
 
 
 def _gmm_kernel(
@@ -70,7 +74,7 @@ def _gmm_kernel(
         a, b = lhs_ref[...], rhs_ref[...]
         dims = (((1,), (1,)), ((), ())) if transpose_rhs else (((1,), (0,)), ((), ()))
         acc_ref[...] += lax.dot_general(
-            a, b, dims, preferred_element_type=jnp.float32, precision=_precision(a.dtype)
+            a, b, dims, preferred_element_type=jnp.float32, precision=dot_precision(a.dtype)
         )
 
     @pl.when(live & (kk == pl.num_programs(2) - 1))
@@ -162,7 +166,7 @@ def _tgmm_kernel(group_ref, tile_ref, count_ref, off_ref, lhs_ref, dout_ref, out
             jnp.where(mine, dy, jnp.zeros_like(dy)),
             (((0,), (0,)), ((), ())),
             preferred_element_type=jnp.float32,
-            precision=_precision(x.dtype),
+            precision=dot_precision(x.dtype),
         )
 
     @pl.when(live & last_of_group)

@@ -87,6 +87,11 @@ def work_items(off: Int[Array, " n+1"], tm: int, num_tiles: int, visit_empty: bo
     )
 
 
+def dot_precision(dtype):
+    """fp32 operands multiply at full precision (no TF32 / bf16 passes); others as they are."""
+    return lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+
+
 def row_mask(lo, hi, row0, rows: int):
     """[rows, 1] bool: which of the rows row0 + [0, rows) lie in [lo, hi)."""
     r = row0 + lax.broadcasted_iota(jnp.int32, (rows, 1), 0)

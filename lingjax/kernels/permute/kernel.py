@@ -29,10 +29,6 @@ BLOCK_ROWS = 32
 BLOCK_D = 512
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def _in_range(ref, n: int):
     """[rows] bool: which rows of this program's block of a length-n axis exist."""
     rows = ref.shape[0]
@@ -74,7 +70,10 @@ def gather_rows(
 ) -> Float[Array, "M D"]:
     """out[m] = x[src[m]] (times scale[m] in fp32 if given), in x's dtype; src in [0, N)."""
     (M,), (N, D) = src_M.shape, x_ND.shape
-    Mb, Db = min(block_rows, _next_pow2(M)), min(block_d, _next_pow2(D))
+    Mb, Db = (
+        min(block_rows, pl.next_power_of_2(max(M, 1))),
+        min(block_d, pl.next_power_of_2(max(D, 1))),
+    )
     scaled = scale_M is not None
     in_specs = [pl.BlockSpec((Mb,), lambda i, d: (i,))]
     args = [src_M.astype(jnp.int32)]
@@ -106,7 +105,10 @@ def combine_rows(
 ) -> Float[Array, "T D"]:
     """out[t] = sum_j w[t, j] * y[inv[t, j]] (w = 1 if None), fp32 sums, in y's dtype."""
     (T, K), (_, D) = inv_TK.shape, y_MD.shape
-    Tb, Db = min(block_rows, _next_pow2(T)), min(block_d, _next_pow2(D))
+    Tb, Db = (
+        min(block_rows, pl.next_power_of_2(max(T, 1))),
+        min(block_d, pl.next_power_of_2(max(D, 1))),
+    )
     weighted = weights_TK is not None
     in_specs = [pl.BlockSpec((Tb, K), lambda i, d: (i, 0))]
     args = [inv_TK.astype(jnp.int32)]

@@ -29,15 +29,11 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as plgpu
 from jaxtyping import Array, Float, Int
 
-# Same constant as the reference (and the Ling 2.0 code): added to the sigmoid weight sum.
-SIGMOID_NORM_EPS = 1e-20
+from lingjax.kernels.routing.reference import SIGMOID_NORM_EPS
+
 LAYOUTS = ("gpu", "tpu")
 _GPU_BLOCK_ELEMS = 4096  # Tb * Eb per program on GPU: a few [Tb, Eb] fp32 tiles in registers
 _TPU_BLOCK_T = 128
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
 
 
 def _first_max(v, colf, sentinel: float):
@@ -175,8 +171,8 @@ def route_topk(
         else token_mask_T.astype(jnp.float32).reshape(T, 1)
     )
     if layout == "gpu":
-        Eb, Kb = _next_pow2(E), _next_pow2(k)
-        Tb = block_t or min(128, _next_pow2(T), max(1, _GPU_BLOCK_ELEMS // Eb))
+        Eb, Kb = pl.next_power_of_2(max(E, 1)), pl.next_power_of_2(max(k, 1))
+        Tb = block_t or min(128, pl.next_power_of_2(max(T, 1)), max(1, _GPU_BLOCK_ELEMS // Eb))
         compiler_params = plgpu.CompilerParams(num_warps=num_warps, num_stages=1)
     else:
         Eb, Kb = E, k

@@ -55,6 +55,23 @@ def scores(logits_TE: Float[Array, "T E"], score_function: str) -> Float[Array, 
     return jax.nn.sigmoid(logits_TE)
 
 
+def combine_weights(
+    scores_TE: Float[Array, "T E"],
+    ids_TK: Int[Array, "T K"],
+    score_function: str,
+    norm_topk_prob: bool,
+    scale: float,
+) -> Float[Array, "T K"]:
+    """The unbiased scores at the chosen ids, renormalised (see `route`) and scaled."""
+    weights_TK = jnp.take_along_axis(scores_TE, ids_TK, axis=-1)
+    if norm_topk_prob:
+        if score_function == "sigmoid":
+            weights_TK = weights_TK / (jnp.sum(weights_TK, -1, keepdims=True) + SIGMOID_NORM_EPS)
+        elif ids_TK.shape[1] > 1:
+            weights_TK = weights_TK / jnp.sum(weights_TK, -1, keepdims=True)
+    return weights_TK * scale
+
+
 def weights_and_scores(
     logits_TE: Float[Array, "T E"],
     ids_TK: Int[Array, "T K"],
@@ -64,17 +81,11 @@ def weights_and_scores(
 ) -> tuple[Float[Array, "T K"], Float[Array, "T E"]]:
     """The differentiable part of routing for fixed ids: combine weights and scores.
 
-    Also the backward of the Pallas path (api.py): the ids are discrete, so differentiating
-    this at the chosen ids is exact.
+    The backward of the Pallas path (api.py): the ids are discrete, so differentiating this at
+    the chosen ids is exact.
     """
     scores_TE = scores(logits_TE, score_function)
-    weights_TK = jnp.take_along_axis(scores_TE, ids_TK, axis=-1)
-    if norm_topk_prob:
-        if score_function == "sigmoid":
-            weights_TK = weights_TK / (jnp.sum(weights_TK, -1, keepdims=True) + SIGMOID_NORM_EPS)
-        elif ids_TK.shape[1] > 1:
-            weights_TK = weights_TK / jnp.sum(weights_TK, -1, keepdims=True)
-    return weights_TK * scale, scores_TE
+    return combine_weights(scores_TE, ids_TK, score_function, norm_topk_prob, scale), scores_TE
 
 
 def route(
@@ -99,8 +110,8 @@ def route(
         sel_TE = jnp.where(_group_mask(sel_TE, n_group, topk_group), sel_TE, -jnp.inf)
     _, ids_TK = jax.lax.top_k(sel_TE, k)
     ids_TK = ids_TK.astype(jnp.int32)
-    weights_TK, _ = weights_and_scores(
-        logits_TE, ids_TK, score_function, norm_topk_prob, routed_scaling_factor
+    weights_TK = combine_weights(
+        scores_TE, ids_TK, score_function, norm_topk_prob, routed_scaling_factor
     )
 
     T, E = logits_TE.shape
