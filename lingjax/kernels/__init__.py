@@ -7,6 +7,6 @@ of lingjax outside this package.
 
 from lingjax.kernels.gmm import gmm
 from lingjax.kernels.permute import permute, unpermute
-from lingjax.kernels.routing import Routing, route
+from lingjax.kernels.routing import Routing, RoutingSpec, route
 
-__all__ = ["Routing", "gmm", "permute", "route", "unpermute"]
+__all__ = ["Routing", "RoutingSpec", "gmm", "permute", "route", "unpermute"]

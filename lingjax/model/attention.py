@@ -12,7 +12,7 @@ over every valid slot up to the query's own. Without that collection (training, 
 module is exactly the uncached path.
 
 The fused weight `qkv` is [D, H + 2V, K]: output heads laid out [all Q | all K | all V], the
-HF `query_key_value` layout (LING_SPEC §1.2.2), so conversion is a transpose and a reshape.
+HF `query_key_value` layout (docs/ling_spec.md §1.2.2), so conversion is a transpose and a reshape.
 """
 
 from __future__ import annotations

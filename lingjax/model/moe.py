@@ -17,10 +17,10 @@ from jaxtyping import Array, Bool, Float, Int
 
 from lingjax.configs import MoEConfig
 from lingjax.kernels.gmm import gmm
-from lingjax.kernels.permute import permute, unpermute
+from lingjax.kernels.permute import sort_by_expert
 from lingjax.model.mlp import SwiGLU
 from lingjax.model.router import Router
-from lingjax.parallel.expert import active_mesh, sharded_experts
+from lingjax.parallel.expert import dispatch
 
 # Logical axes of w_gate, w_up, w_down.
 EXPERT_WEIGHT_AXES = (
@@ -30,10 +30,11 @@ EXPERT_WEIGHT_AXES = (
 )
 
 
-def capacity_keep(
-    ids_TK: Int[Array, "T K"], group_sizes_E: Int[Array, " E"], order_M: Int[Array, " M"], cap: int
-) -> Bool[Array, "T K"]:
-    """True for assignments within their expert's first `cap` rows (in token order)."""
+def capacity_keep(ids_TK: Int[Array, "T K"], num_experts: int, cap: int) -> Bool[Array, "T K"]:
+    """True for assignments within their expert's first `cap` rows (in token order): the ranks
+    come from the stable sort by expert that dispatch uses, so they are the same on any mesh
+    (the sort is plain jnp, which the partitioner splits like any XLA op)."""
+    order_M, group_sizes_E = sort_by_expert(ids_TK, num_experts)
     starts = jnp.cumsum(group_sizes_E) - group_sizes_E
     sorted_expert = ids_TK.reshape(-1)[order_M]
     rank = jnp.arange(order_M.shape[0]) - starts[sorted_expert]
@@ -56,6 +57,8 @@ def expert_swiglu(
 
 
 class MoEBlock(nn.Module):
+    """route -> capacity (only with a capacity factor) -> dispatch -> + shared experts."""
+
     cfg: MoEConfig
     init_std: float
     dtype: jnp.dtype = jnp.float32
@@ -78,58 +81,35 @@ class MoEBlock(nn.Module):
             x_TD, valid_T, warmup_alpha
         )
         routing = r.routing
-        # On a multi-device mesh the experts run under shard_map (lingjax/parallel/expert.py);
-        # the router and the capacity decision above stay global, so they mean the same.
-        sharded = active_mesh() is not None
-        if sharded and c.capacity_factor is not None:  # global ranks from a sort of ids only
-            # (a sort of ids: the jnp path, which the partitioner splits like any XLA op)
-            _, group_sizes, order = permute(jnp.zeros((B * L, 1)), routing.ids, E, impl="reference")
-        elif not sharded:
-            x_MD, group_sizes, order = permute(x_TD, routing.ids, E, impl=c.impl)
-
         weights = routing.weights
         dropped = jnp.zeros((), jnp.int32)
         if c.capacity_factor is not None:
             cap = math.ceil(c.capacity_factor * B * L * K / E)
-            keep = capacity_keep(routing.ids, group_sizes, order, cap)
+            keep = capacity_keep(routing.ids, E, cap)
             weights = jnp.where(keep, weights, 0.0)
             dropped = jnp.sum(~keep & valid_T[:, None]).astype(jnp.int32)
 
         init = nn.initializers.normal(self.init_std)
-        w_gate = self.param(
-            "w_gate",
-            nn.with_logical_partitioning(init, EXPERT_WEIGHT_AXES[0]),
-            (E, D, F),
-            self.param_dtype,
-        )
-        w_up = self.param(
-            "w_up",
-            nn.with_logical_partitioning(init, EXPERT_WEIGHT_AXES[1]),
-            (E, D, F),
-            self.param_dtype,
-        )
-        w_down = self.param(
-            "w_down",
-            nn.with_logical_partitioning(init, EXPERT_WEIGHT_AXES[2]),
-            (E, F, D),
-            self.param_dtype,
-        )
-        ws = (w_gate.astype(self.dtype), w_up.astype(self.dtype), w_down.astype(self.dtype))
-        if sharded:
-            out = sharded_experts(
-                x_TD.reshape(B, L, D),
-                routing.ids.reshape(B, L, K),
-                weights.reshape(B, L, K),
-                ws,
-                EXPERT_WEIGHT_AXES,
-                lambda x_MD, gs, *w: expert_swiglu(x_MD, *w, gs, c.impl),
-                num_experts=E,
-                transport=c.ep_transport,
-                impl=c.impl,
+        shapes = ((E, D, F), (E, D, F), (E, F, D))
+        ws = tuple(
+            self.param(
+                name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype
+            ).astype(self.dtype)
+            for name, axes, shape in zip(
+                ("w_gate", "w_up", "w_down"), EXPERT_WEIGHT_AXES, shapes, strict=True
             )
-        else:
-            y_MD = expert_swiglu(x_MD, *ws, group_sizes, c.impl)
-            out = unpermute(y_MD, order, weights, impl=c.impl).reshape(B, L, D)
+        )
+        out = dispatch(
+            x_TD.reshape(B, L, D),
+            routing.ids.reshape(B, L, K),
+            weights.reshape(B, L, K),
+            ws,
+            EXPERT_WEIGHT_AXES,
+            lambda x_MD, gs, *w: expert_swiglu(x_MD, *w, gs, c.impl),
+            num_experts=E,
+            transport=c.ep_transport,
+            impl=c.impl,
+        )
         if c.num_shared_experts:
             shared = SwiGLU(
                 c.shared_width, self.init_std, self.dtype, self.param_dtype, name="shared"

@@ -2,7 +2,7 @@
 
 Legend: T tokens, D model dim, E experts, K experts per token.
 
-Numerics (LING_SPEC §1.2.3, §2.2): Ling 2.0 (sigmoid scoring) computes the router in fp32;
+Numerics (docs/ling_spec.md §1.2.3, §2.2): Ling 2.0 (sigmoid scoring) computes the router in fp32;
 Ling v1 (softmax scoring) computes the logits in the model dtype and the softmax in fp32. The
 aux-loss-free `expert_bias` is an fp32 buffer (collection "buffers", never seen by the
 optimiser) that only changes which experts are selected, never the combine weights.
@@ -10,7 +10,6 @@ optimiser) that only changes which experts are selected, never the combine weigh
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -20,10 +19,22 @@ from jaxtyping import Array, Bool, Float
 
 from lingjax.configs import MoEConfig
 from lingjax.kernels._impl import resolve
-from lingjax.kernels.routing import Routing, route
-from lingjax.parallel.expert import active_mesh, sharded_route
+from lingjax.kernels.routing import Routing, RoutingSpec, route
+from lingjax.parallel.expert import route_tokens
 
 BUFFERS = "buffers"  # variable collection for non-trainable model state
+
+
+def routing_spec(cfg: MoEConfig) -> RoutingSpec:
+    """The routing options of a MoE config, as the kernels take them."""
+    return RoutingSpec(
+        k=cfg.num_experts_per_tok,
+        score_function=cfg.score_function,
+        n_group=cfg.n_group,
+        topk_group=cfg.topk_group,
+        norm_topk_prob=cfg.norm_topk_prob,
+        routed_scaling_factor=cfg.routed_scaling_factor,
+    )
 
 
 class RouterOut(NamedTuple):
@@ -110,20 +121,14 @@ class Router(nn.Module):
         route_logits = logits
         if warmup_alpha is not None:
             route_logits = warmup_logits(logits, valid, warmup_alpha, self.make_rng("routing"))
-        route_fn = functools.partial(
-            route,
-            k=c.num_experts_per_tok,
-            score_function=c.score_function,
-            n_group=c.n_group,
-            topk_group=c.topk_group,
-            norm_topk_prob=c.norm_topk_prob,
-            routed_scaling_factor=c.routed_scaling_factor,
-            impl=c.impl,
-        )
-        if active_mesh() is not None and resolve("route", c.impl) == "pallas":
-            routing = sharded_route(route_fn, route_logits, bias, valid)
-        else:
-            routing = route_fn(route_logits, bias, token_mask_T=valid)
+        spec = routing_spec(c)
+
+        def route_fn(logits_TE, bias_E, token_mask_T):
+            return route(logits_TE, bias_E, spec, token_mask_T=token_mask_T, impl=c.impl)
+
+        # A Pallas router is opaque to XLA's partitioner: on a mesh it runs per token shard.
+        opaque = resolve("route", c.impl) == "pallas"
+        routing = route_tokens(route_fn, route_logits, bias, valid, opaque=opaque)
         return RouterOut(
             routing,
             balance_loss(routing, valid, c.num_experts_per_tok),

@@ -94,8 +94,8 @@ def _stack(cfg: ModelConfig, moe: bool, length: int, name: str) -> nn.Module:
 
 
 class MTPLayer(nn.Module):
-    """One MTP depth (LING_SPEC §2.3): eh_proj([enorm(emb(next ids)), hnorm(h_prev)]) -> a full
-    decoder block -> final norm. Shares the embedding and LM head with the main model."""
+    """One MTP depth (docs/ling_spec.md §2.3): eh_proj([enorm(emb(next ids)), hnorm(h_prev)])
+    -> a full decoder block -> final norm. Shares the embedding and LM head with the model."""
 
     cfg: ModelConfig
 

@@ -1,38 +1,46 @@
-"""Parallelism: the device mesh, the logical-axis -> mesh-axis rules table, sharded state and
-batches, expert parallelism (shard_map transports) and multi-host start-up.
+"""Parallelism: the device mesh, the logical-axis -> mesh-axis rules table, shardings of
+variables and batches, expert parallelism (shard_map transports) and multi-host start-up.
 
     initialize()                                   # multi-host jobs (Slurm, TPU VM, explicit)
     mesh = make_mesh(cfg.mesh)                     # axes data, fsdp, expert, tensor
-    run = shard_training(cfg, tx, init_state, make_train_step, abstract_state(cfg, tx))
+    shardings = variable_shardings(lingjax.model.abstract_variables(cfg.model), mesh)
 
-Model code never imports mesh axes: it names dimensions (rules.py says where they go) and the
-MoE block asks expert.py to run its experts when a multi-device mesh is set.
+Nothing here needs the model or the train state: callers bring shapes. Model code never
+imports mesh axes: it names dimensions (rules.py says where they go) and the MoE block asks
+expert.py to dispatch its tokens (locally, or expert-parallel when a multi-device mesh is set).
+The sharded training step lives with the train state, in lingjax/train/sharded.py.
 """
 
 from lingjax.parallel.distributed import detect_cluster, initialize
-from lingjax.parallel.expert import TRANSPORTS, resolve_transport, sharded_experts
-from lingjax.parallel.mesh import check_config, make_mesh, mesh_shape, shape_of
+from lingjax.parallel.expert import TRANSPORTS, dispatch, resolve_transport
+from lingjax.parallel.mesh import (
+    abstract_mesh,
+    check_config,
+    in_mesh_context,
+    make_mesh,
+    mesh_shape,
+    shape_of,
+)
 from lingjax.parallel.rules import MESH_AXES, RULES, ShardingRuleError, flax_rules, spec
 from lingjax.parallel.sharding import (
     batch_sharding,
     data_shard,
     logical_specs,
     put_batch,
-    state_shardings,
     variable_shardings,
 )
-from lingjax.parallel.training import ShardedTraining, in_mesh_context, shard_training
 
 __all__ = [
     "MESH_AXES",
     "RULES",
     "TRANSPORTS",
-    "ShardedTraining",
     "ShardingRuleError",
+    "abstract_mesh",
     "batch_sharding",
     "check_config",
     "data_shard",
     "detect_cluster",
+    "dispatch",
     "flax_rules",
     "in_mesh_context",
     "initialize",
@@ -42,9 +50,6 @@ __all__ = [
     "put_batch",
     "resolve_transport",
     "shape_of",
-    "shard_training",
-    "sharded_experts",
     "spec",
-    "state_shardings",
     "variable_shardings",
 ]

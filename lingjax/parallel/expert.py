@@ -1,4 +1,9 @@
-"""Expert parallelism: the routed experts of a MoE layer inside `jax.shard_map` over the mesh.
+"""Expert dispatch: the routed experts of a MoE layer on one device, or inside `jax.shard_map`
+over the mesh (expert parallelism). `dispatch` chooses once; the MoE block calls only it.
+
+On one device (no mesh set, or a 1-device mesh) the assignments are sorted by expert, run
+through the grouped matmuls and combined back (lingjax.kernels.permute / gmm). On a
+multi-device mesh:
 
 Outside the MoE the expert axis is one more batch axis (rules.py), so every device holds its own
 tokens and 1/ep of the experts. Dropless exchange (every assignment is computed), two
@@ -16,7 +21,7 @@ transports:
 
 "auto" picks ring on CPU, and on GPU/TPU ring while ep <= K: the ring moves about ep * T * D
 values per device and the all-to-all about K * T * D, and Marin measured ring EP faster than
-ragged all-to-all on 8 GPUs (PEERS.md §6); past K the all-to-all moves less.
+ragged all-to-all on 8 GPUs (docs/peers.md §6); past K the all-to-all moves less.
 
 Both give the single-device result (tests/parallel): the same rows meet the same weights in the
 grouped matmuls; only the order of the fp32 combine sums differs. Static shapes: a device can
@@ -73,6 +78,55 @@ def resolve_transport(transport: str, platform: str, ep: int, k: int) -> str:
     if platform == "cpu" or ep <= k:
         return "ring"
     return "ragged_all_to_all"
+
+
+def dispatch(
+    x_BLD: Float[Array, "B L D"],
+    ids_BLK: Int[Array, "B L K"],
+    weights_BLK: Float[Array, "B L K"],
+    expert_weights: Sequence[Array],
+    weight_axes: Sequence[Sequence[str | None]],
+    fn: ExpertFn,
+    *,
+    num_experts: int,
+    transport: str = "auto",
+    impl: str = "auto",
+) -> Float[Array, "B L D"]:
+    """out[t] = sum_j weights[t, j] * expert_{ids[t, j]}(x[t]), on one device or expert-parallel
+    on the current mesh (arguments as `sharded_experts`)."""
+    if active_mesh() is not None:
+        return sharded_experts(
+            x_BLD,
+            ids_BLK,
+            weights_BLK,
+            expert_weights,
+            weight_axes,
+            fn,
+            num_experts=num_experts,
+            transport=transport,
+            impl=impl,
+        )
+    B, L, D = x_BLD.shape
+    K = ids_BLK.shape[-1]
+    x_TD = x_BLD.reshape(B * L, D)
+    xs_MD, group_sizes_E, order_M = permute(x_TD, ids_BLK.reshape(B * L, K), num_experts, impl=impl)
+    y_MD = fn(xs_MD, group_sizes_E, *expert_weights)
+    return unpermute(y_MD, order_M, weights_BLK.reshape(B * L, K), impl=impl).reshape(B, L, D)
+
+
+def route_tokens(
+    route_fn: Callable[..., Routing],
+    logits_TE: Float[Array, "T E"],
+    bias_E: Float[Array, " E"] | None,
+    token_mask_T: Array,
+    *,
+    opaque: bool,
+) -> Routing:
+    """`route_fn(logits, bias, token_mask)`; for an `opaque` router (a Pallas kernel, which XLA's
+    partitioner cannot split) on a multi-device mesh, per token shard (`sharded_route`)."""
+    if opaque and active_mesh() is not None:
+        return sharded_route(route_fn, logits_TE, bias_E, token_mask_T)
+    return route_fn(logits_TE, bias_E, token_mask_T)
 
 
 def sharded_experts(
@@ -250,7 +304,7 @@ def sharded_route(
     rep = jax.sharding.PartitionSpec()
 
     def body(logits, bias, mask):
-        r = route_fn(logits, bias, token_mask_T=mask)
+        r = route_fn(logits, bias, mask)
         return r._replace(counts=lax.psum(r.counts, token_axes))
 
     return jax.shard_map(

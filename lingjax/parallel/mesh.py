@@ -12,13 +12,14 @@ gradients once per step), tensor innermost (it communicates inside every layer).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import flax.linen as nn
 import jax
-from jax.sharding import AxisType, Mesh
+from jax.sharding import AbstractMesh, AxisType, Mesh
 
 from lingjax.configs import Config, ConfigError, MeshConfig
-from lingjax.parallel.rules import BATCH_AXES, MESH_AXES
+from lingjax.parallel.rules import ACTIVATIONS, BATCH_AXES, MESH_AXES, flax_rules
 
 
 def _divisors(n: int) -> str:
@@ -78,8 +79,29 @@ def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[jax.Device] | None = None)
     )
 
 
+def abstract_mesh(shape: dict[str, int]) -> AbstractMesh:
+    """A device-free mesh of `shape` ({axis: size}), for planning and ahead-of-time lowering."""
+    return AbstractMesh(
+        tuple(shape[ax] for ax in MESH_AXES),
+        MESH_AXES,
+        axis_types=(AxisType.Auto,) * len(MESH_AXES),
+    )
+
+
 def shape_of(mesh: Mesh | jax.sharding.AbstractMesh) -> dict[str, int]:
     return dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))
+
+
+def in_mesh_context(fn: Callable, mesh: Mesh) -> Callable:
+    """`fn` called under jax.set_mesh(mesh) and the activation rules (they act at trace time:
+    they turn the model's `with_logical_constraint`s into sharding constraints and its experts
+    into the expert-parallel shard_map; entering them on every call keeps a retrace identical)."""
+
+    def call(*args, **kwargs):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(flax_rules(ACTIVATIONS)):
+            return fn(*args, **kwargs)
+
+    return call
 
 
 def _need(size: int, key: str, axis: str, n: int, why: str) -> None:

@@ -1,10 +1,10 @@
-"""Shardings of the variables, the train state and the batch, all from the rules table, and the
-per-process share of the batch.
+"""Shardings of variables and of the batch, from the rules table, and the per-process share of
+the batch.
 
-Abstract first, then sharded: the shapes come from `jax.eval_shape` (lingjax.api), the
-placements from lingjax/parallel/rules.py, and the state is created by
-`jax.jit(init, out_shardings=...)` (lingjax/parallel/training.py), so no full-size array ever
-sits on one device or on the host.
+Abstract first, then sharded: the caller brings the shapes (`jax.eval_shape`, e.g.
+`lingjax.model.abstract_variables`), rules.py gives the placements, and the state is created by
+`jax.jit(init, out_shardings=...)` (lingjax/train/sharded.py), so no full-size array ever sits
+on one device or on the host. Nothing here knows the model or the train state.
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lingjax.configs import ModelConfig
 from lingjax.parallel.rules import ACTIVATIONS, PARAMS, ShardingRuleError, spec
 
 
@@ -27,7 +25,7 @@ def _name(path) -> str:
 
 def logical_specs(boxed: Any) -> Any:
     """PartitionSpecs (mesh axes) of a tree of `nn.Partitioned` leaves (e.g. the output of
-    `lingjax.api.abstract_variables`); checks that every split divides its dim."""
+    `lingjax.model.abstract_variables`)."""
 
     def one(path, leaf):
         what = _name(path)
@@ -56,11 +54,9 @@ def _check_divisible(what: str, shape: tuple[int, ...], pspec: PartitionSpec, me
             )
 
 
-def variable_shardings(model_cfg: ModelConfig, mesh: Mesh | jax.sharding.AbstractMesh) -> Any:
-    """{"params": ..., "buffers": ...} of NamedShardings for the model's variables."""
-    from lingjax.api import abstract_variables  # lingjax.model imports this package
-
-    boxed = abstract_variables(model_cfg)
+def variable_shardings(boxed: Any, mesh: Mesh | jax.sharding.AbstractMesh) -> Any:
+    """NamedShardings for a tree of `nn.Partitioned` ShapeDtypeStructs (the boxed abstract
+    variables of a model), by the rules; ShardingRuleError if a split does not divide its dim."""
     specs = logical_specs(boxed)
 
     def one(path, leaf, pspec):
@@ -69,34 +65,6 @@ def variable_shardings(model_cfg: ModelConfig, mesh: Mesh | jax.sharding.Abstrac
 
     return jax.tree_util.tree_map_with_path(
         one, boxed, specs, is_leaf=lambda x: isinstance(x, nn.Partitioned)
-    )
-
-
-def state_shardings(
-    abstract_state: Any,
-    var_shardings: Any,
-    tx: optax.GradientTransformation,
-    mesh: Mesh | jax.sharding.AbstractMesh,
-) -> Any:
-    """Shardings of a `lingjax.train.TrainState`: params and buffers by the rules, optimizer
-    state like the params it mirrors (optax.tree_map_params; `jax.jit(tx.init)` alone would
-    put it on one device), scalars and RNG keys replicated."""
-    replicated = NamedSharding(mesh, PartitionSpec())
-    params = var_shardings["params"]
-    opt = optax.tree_map_params(
-        tx,
-        lambda _, s: s,
-        abstract_state.opt_state,
-        params,
-        transform_non_params=lambda _: replicated,
-    )
-    return abstract_state.replace(
-        step=replicated,
-        params=params,
-        buffers=var_shardings.get("buffers", {}),
-        opt_state=opt,
-        rng=replicated,
-        spike_stats=jax.tree.map(lambda _: replicated, abstract_state.spike_stats),
     )
 
 

@@ -29,7 +29,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas import triton as plgpu
 from jaxtyping import Array, Float, Int
 
-from lingjax.kernels.routing.reference import SIGMOID_NORM_EPS
+from lingjax.kernels.routing.reference import SIGMOID_NORM_EPS, RoutingSpec
 
 LAYOUTS = ("gpu", "tpu")
 _GPU_BLOCK_ELEMS = 4096  # Tb * Eb per program on GPU: a few [Tb, Eb] fp32 tiles in registers
@@ -78,13 +78,9 @@ def _route_kernel(
     *,
     T: int,
     E: int,
-    k: int,
-    score_function: str,
-    n_group: int,
-    topk_group: int,
-    norm_topk_prob: bool,
-    routed_scaling_factor: float,
+    spec: RoutingSpec,
 ):
+    k = spec.k
     Tb, Eb = logits_ref.shape
     Kb = ids_ref.shape[1]
     col = jax.lax.broadcasted_iota(jnp.int32, (Tb, Eb), 1)
@@ -94,15 +90,15 @@ def _route_kernel(
     valid = (row < T) & (valid_ref[...] > 0)  # rows past T hold undefined values
 
     x = jnp.where(real, logits_ref[...].astype(jnp.float32), -jnp.inf)
-    if score_function == "softmax":
+    if spec.score_function == "softmax":
         e = jnp.exp(x - jnp.max(x, axis=1, keepdims=True))
         s = e / jnp.sum(e, axis=1, keepdims=True)
     else:
         s = 1.0 / (1.0 + jnp.exp(-x))
     # Overhang columns: -inf selection, never chosen (k <= E real finite candidates).
     sel = jnp.where(real, s + bias_ref[...].astype(jnp.float32), -jnp.inf)
-    if n_group > 1:
-        keep = _group_keep(sel, col, colf, E=E, n_group=n_group, topk_group=topk_group)
+    if spec.grouped:
+        keep = _group_keep(sel, col, colf, E=E, n_group=spec.n_group, topk_group=spec.topk_group)
         sel = jnp.where(keep, sel, -jnp.inf)
 
     slot = jax.lax.broadcasted_iota(jnp.int32, (Tb, Kb), 1)
@@ -119,13 +115,10 @@ def _route_kernel(
         ids = jnp.where(slot == r, idx, ids)
         w = jnp.where(slot == r, w_r, w)
         w_sum = w_sum + w_r
-    if norm_topk_prob:
-        if score_function == "sigmoid":
-            w = w / (w_sum + SIGMOID_NORM_EPS)
-        elif k > 1:
-            w = w / w_sum
+    if spec.norm_topk_prob and k > 1:  # a single weight is never renormalised
+        w = w / (w_sum + SIGMOID_NORM_EPS if spec.score_function == "sigmoid" else w_sum)
     ids_ref[...] = ids.astype(jnp.int32)
-    weights_ref[...] = w * routed_scaling_factor
+    weights_ref[...] = w * spec.routed_scaling_factor
     counts_ref[...] = jnp.sum(jnp.where(chosen & valid, 1.0, 0.0), axis=0, keepdims=True)
 
 
@@ -133,13 +126,8 @@ def route_topk(
     logits_TE: Float[Array, "T E"],
     bias_E: Float[Array, " E"] | None,
     token_mask_T: Array | None,
+    spec: RoutingSpec,
     *,
-    k: int,
-    score_function: str = "softmax",
-    n_group: int = 0,
-    topk_group: int = 0,
-    norm_topk_prob: bool = True,
-    routed_scaling_factor: float = 1.0,
     layout: str = "gpu",
     interpret=False,
     block_t: int | None = None,
@@ -160,6 +148,7 @@ def route_topk(
     if layout not in LAYOUTS:
         raise ValueError(f"route_topk: layout={layout!r}; valid: {', '.join(LAYOUTS)}")
     T, E = logits_TE.shape
+    k = spec.k
     bias_1E = (
         jnp.zeros((1, E), jnp.float32)
         if bias_E is None
@@ -179,17 +168,7 @@ def route_topk(
         Tb = block_t or (T if T <= _TPU_BLOCK_T else _TPU_BLOCK_T)
         compiler_params = pltpu.CompilerParams(dimension_semantics=("parallel",))
     nb = pl.cdiv(T, Tb)
-    kernel = functools.partial(
-        _route_kernel,
-        T=T,
-        E=E,
-        k=k,
-        score_function=score_function,
-        n_group=n_group,
-        topk_group=topk_group,
-        norm_topk_prob=norm_topk_prob,
-        routed_scaling_factor=float(routed_scaling_factor),
-    )
+    kernel = functools.partial(_route_kernel, T=T, E=E, spec=spec)
     ids_TK, weights_TK, counts_B1E = pl.pallas_call(
         kernel,
         out_shape=(

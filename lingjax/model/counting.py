@@ -17,22 +17,15 @@ from typing import Any
 import jax
 
 from lingjax.configs import ModelConfig
+from lingjax.model.variables import variable_table
 
 _ROUTED = ("w_gate", "w_up", "w_down")
 
 
-def _key(k: Any) -> str:
-    return str(getattr(k, "key", getattr(k, "name", k)))
-
-
 def _sizes(model_cfg: ModelConfig) -> dict[str, int]:
-    from lingjax.api import abstract_variables  # local: api imports the model
-
-    tree = abstract_variables(model_cfg)
     out = {"total": 0, "routed": 0, "embedding": 0, "mtp": 0, "mtp_routed": 0}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        names = [_key(k) for k in path if _key(k) != "value"]  # "value": the logical box
-        n = math.prod(leaf.shape)
+    for names, (shape, _) in variable_table(model_cfg).items():
+        n = math.prod(shape)
         prefix = "mtp_" if any(k.startswith("mtp_") for k in names) else ""
         out[prefix + "total" if not prefix else "mtp"] += n
         if names[-1] in _ROUTED:

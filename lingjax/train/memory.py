@@ -5,9 +5,9 @@
 
 Parameters, optimizer state and gradients are counted from the real thing: the train state's
 shapes from `jax.eval_shape` and each leaf's shard shape under the shardings training uses
-(rules.py), on an abstract mesh of the asked size. So the figures follow the model, the
-optimizer and the rules table as they change. Gradients are counted like the parameters they
-belong to (buffers such as the expert bias have none).
+(lingjax/parallel/rules.py), on an abstract mesh of the asked size. So the figures follow the
+model, the optimizer and the rules table as they change. Gradients are counted like the
+parameters they belong to (buffers such as the expert bias have none).
 
 Activations are an estimate (a formula over the config, below): what the backward pass keeps
 alive at its peak. Per device, with b = batch / (data * fsdp * expert) rows of L tokens
@@ -34,23 +34,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AbstractMesh, AxisType
 
 from lingjax.configs import Config
 from lingjax.parallel.expert import resolve_transport
-from lingjax.parallel.mesh import check_config, mesh_shape
-from lingjax.parallel.rules import BATCH_AXES, MESH_AXES
-from lingjax.parallel.sharding import state_shardings, variable_shardings
+from lingjax.parallel.mesh import abstract_mesh, check_config, mesh_shape
+from lingjax.parallel.rules import BATCH_AXES
+from lingjax.train.optimizer import make_optimizer
+from lingjax.train.sharded import state_shardings
+from lingjax.train.state import abstract_state
 
 GiB = 2**30
-
-
-def abstract_mesh(shape: dict[str, int]) -> AbstractMesh:
-    return AbstractMesh(
-        tuple(shape[ax] for ax in MESH_AXES),
-        MESH_AXES,
-        axis_types=(AxisType.Auto,) * len(MESH_AXES),
-    )
 
 
 def _per_device(abstract: Any, shardings: Any) -> int:
@@ -109,15 +102,12 @@ def plan_memory(
 
     Raises ConfigError (key and fix named) if the mesh or the model does not fit the devices.
     `platform` decides what ep_transport "auto" means for the activation estimate."""
-    from lingjax.train import make_optimizer  # lingjax.train imports this package
-    from lingjax.train.state import abstract_state
-
     shape = mesh_shape(cfg.mesh, num_devices)
     check_config(cfg, shape)
     mesh = abstract_mesh(shape)
-    tx = make_optimizer(cfg.train)
-    state = abstract_state(cfg, tx)
-    shard = state_shardings(state, variable_shardings(cfg.model, mesh), tx, mesh)
+    tx = make_optimizer(cfg.train.optimizer_config())
+    state = abstract_state(cfg.model, tx)
+    shard = state_shardings(cfg.model, state, tx, mesh)
     params = _per_device(state.params, shard.params)
     buffers = _per_device(state.buffers, shard.buffers)
     acts = activation_bytes(cfg, shape, platform)
