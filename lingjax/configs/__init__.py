@@ -11,18 +11,33 @@ import runpy
 from typing import Any
 
 from lingjax.configs.base import (
+    AnomalyConfig,
     AttentionConfig,
     CheckpointConfig,
     Config,
     ConfigError,
+    CorpusSpec,
     DataConfig,
     MeshConfig,
     ModelConfig,
     MoEConfig,
+    OptimizerConfig,
+    ScheduleConfig,
+    SpikeConfig,
+    StepConfig,
     TrainConfig,
 )
-from lingjax.configs.overrides import apply, from_dict, leaf_paths, resolve_key, to_dict, to_json
+from lingjax.configs.overrides import (
+    apply,
+    from_dict,
+    leaf_paths,
+    parse_mixture,
+    resolve_key,
+    to_dict,
+    to_json,
+)
 from lingjax.configs.presets import names, preset, register
+from lingjax.configs.sizes import parse_size
 
 
 def load(name_or_path: str) -> Config:
@@ -49,14 +64,20 @@ def get(name_or_path: str, **overrides: Any) -> Config:
 
 
 __all__ = [
+    "AnomalyConfig",
     "AttentionConfig",
     "CheckpointConfig",
     "Config",
     "ConfigError",
+    "CorpusSpec",
     "DataConfig",
     "MeshConfig",
     "MoEConfig",
     "ModelConfig",
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "SpikeConfig",
+    "StepConfig",
     "TrainConfig",
     "apply",
     "from_dict",
@@ -64,6 +85,8 @@ __all__ = [
     "leaf_paths",
     "load",
     "names",
+    "parse_mixture",
+    "parse_size",
     "preset",
     "register",
     "resolve_key",

@@ -8,6 +8,7 @@ before anything is allocated or written.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 ScoreFunction = Literal["softmax", "sigmoid"]
@@ -27,6 +28,10 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _positive(key: str, value: int) -> None:
+    _check(value > 0, f"{key}={value} must be a positive integer")
+
+
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
     num_heads: int = 4
@@ -44,7 +49,8 @@ class AttentionConfig:
         return self.rotary_dim or self.head_dim
 
     def validate(self) -> None:
-        _check(self.num_heads > 0 and self.num_kv_heads > 0, "attention heads must be positive")
+        for key in ("num_heads", "num_kv_heads", "head_dim"):
+            _positive(f"model.attention.{key}", getattr(self, key))
         _check(
             self.num_heads % self.num_kv_heads == 0,
             f"model.attention.num_heads={self.num_heads} must be a multiple of "
@@ -55,6 +61,7 @@ class AttentionConfig:
             f"model.attention.rotary_dim={self.rotary_dim} must be even and <= head_dim="
             f"{self.head_dim} (0 means the whole head)",
         )
+        _check(self.rope_theta > 0, f"model.attention.rope_theta={self.rope_theta} must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +91,19 @@ class MoEConfig:
 
     def validate(self) -> None:
         E, k = self.num_experts, self.num_experts_per_tok
-        _check(E > 0 and 0 < k <= E, f"model.moe.num_experts_per_tok={k} must be in [1, {E}]")
+        _positive("model.moe.num_experts", E)
+        _positive("model.moe.expert_dim", self.expert_dim)
+        _check(0 < k <= E, f"model.moe.num_experts_per_tok={k} must be in [1, num_experts={E}]")
+        for key in ("num_shared_experts", "shared_expert_dim"):
+            value = getattr(self, key)
+            _check(value >= 0, f"model.moe.{key}={value} must be >= 0")
+        _check(
+            self.routed_scaling_factor > 0,
+            f"model.moe.routed_scaling_factor={self.routed_scaling_factor} must be > 0",
+        )
+        for key in ("n_group", "topk_group"):
+            value = getattr(self, key)
+            _check(value >= 0, f"model.moe.{key}={value} must be >= 0 (0 = no expert groups)")
         if self.n_group or self.topk_group:
             _check(
                 self.n_group > 0 and E % self.n_group == 0,
@@ -107,7 +126,8 @@ class MoEConfig:
             )
         _check(
             self.capacity_factor is None or self.capacity_factor > 0,
-            "model.moe.capacity_factor must be positive, or None for dropless routing",
+            f"model.moe.capacity_factor={self.capacity_factor} must be > 0, or None for dropless "
+            "routing (the default)",
         )
 
 
@@ -137,30 +157,54 @@ class ModelConfig:
         return self.num_layers - self.first_k_dense
 
     def validate(self) -> None:
-        _check(self.vocab_size > 0 and self.hidden_size > 0, "model sizes must be positive")
+        for key in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "dense_dim",
+            "max_position_embeddings",
+        ):
+            _positive(f"model.{key}", getattr(self, key))
+        for key in ("rms_norm_eps", "init_std"):
+            value = getattr(self, key)
+            _check(value > 0, f"model.{key}={value} must be > 0")
         _check(
             0 <= self.first_k_dense <= self.num_layers,
             f"model.first_k_dense={self.first_k_dense} must be in [0, num_layers="
             f"{self.num_layers}]",
         )
-        _check(self.num_mtp_layers >= 0, "model.num_mtp_layers must be >= 0")
+        _check(self.num_mtp_layers >= 0, f"model.num_mtp_layers={self.num_mtp_layers} must be >= 0")
         _check(
             0 <= self.eos_id < self.vocab_size,
-            f"model.eos_id={self.eos_id} outside vocab_size={self.vocab_size}",
+            f"model.eos_id={self.eos_id} must be a token id below model.vocab_size="
+            f"{self.vocab_size}",
         )
         self.attention.validate()
         self.moe.validate()
 
 
 @dataclasses.dataclass(frozen=True)
+class SpikeConfig:
+    """The in-step part of anomaly handling: what the compiled step reads to judge a step
+    (lingjax/train/anomaly.py). Built from `AnomalyConfig.spike_config()`."""
+
+    enabled: bool
+    loss_z: float
+    grad_norm_z: float
+    ema_decay: float
+    warmup_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
 class AnomalyConfig:
-    """Training-anomaly handling (LING_SPEC §3.4), see lingjax/train/anomaly.py.
+    """Training-anomaly handling (docs/ling_spec.md §3.4), see lingjax/train/anomaly.py.
 
     A step whose loss or grad norm is non-finite, or whose z-score against an EMA of recent
     steps exceeds a threshold, is skipped inside the compiled step; its batch is re-fed
     `retry_delay` steps later; a spike that recurs on that retry is applied with the LR scaled
     by `retry_lr_scale`; `rollback_after` anomalous steps in a row roll the model back to the
-    last good checkpoint.
+    last good checkpoint. The first five fields are judged inside the step (`spike_config()`),
+    the others are the host's policy.
     """
 
     enabled: bool = True  # False: every update is applied (the statistics are still logged)
@@ -178,33 +222,92 @@ class AnomalyConfig:
     slow_step_z: float = 5.0  # step-time z-score logged as a slow step; 0 = off (logging only)
     slow_step_warmup: int = 10  # timed steps before slow steps are judged
 
+    def spike_config(self) -> SpikeConfig:
+        return SpikeConfig(
+            enabled=self.enabled,
+            loss_z=self.loss_z,
+            grad_norm_z=self.grad_norm_z,
+            ema_decay=self.ema_decay,
+            warmup_steps=self.warmup_steps,
+        )
+
     def validate(self) -> None:
+        for key in ("loss_z", "grad_norm_z", "slow_step_z"):
+            value = getattr(self, key)
+            _check(
+                value >= 0,
+                f"train.anomaly.{key}={value} must be >= 0 (a z-score threshold; 0 turns the "
+                "check off)",
+            )
         _check(
-            self.loss_z >= 0 and self.grad_norm_z >= 0 and self.slow_step_z >= 0,
-            "train.anomaly.loss_z/grad_norm_z/slow_step_z must be >= 0 (0 turns a check off)",
+            0 < self.ema_decay < 1,
+            f"train.anomaly.ema_decay={self.ema_decay} must be in (0, 1), e.g. 0.95",
         )
-        _check(0 < self.ema_decay < 1, "train.anomaly.ema_decay must be in (0, 1)")
-        _check(
-            self.warmup_steps >= 1 and self.slow_step_warmup >= 1,
-            "train.anomaly.warmup_steps and slow_step_warmup must be >= 1",
-        )
+        for key in ("warmup_steps", "slow_step_warmup"):
+            value = getattr(self, key)
+            _check(value >= 1, f"train.anomaly.{key}={value} must be >= 1")
         # The loop learns a step's verdict one step late (it never waits on the device in
         # between), so a retry can be scheduled 2 steps after the skip at the earliest.
-        _check(self.retry_delay >= 2, "train.anomaly.retry_delay must be >= 2")
-        _check(self.max_retries >= 0, "train.anomaly.max_retries must be >= 0")
+        _check(
+            self.retry_delay >= 2,
+            f"train.anomaly.retry_delay={self.retry_delay} must be >= 2 (the loop reads a "
+            "step's verdict one step late)",
+        )
+        _check(self.max_retries >= 0, f"train.anomaly.max_retries={self.max_retries} must be >= 0")
         _check(
             0 < self.retry_lr_scale <= 1,
-            "train.anomaly.retry_lr_scale must be in (0, 1]",
+            f"train.anomaly.retry_lr_scale={self.retry_lr_scale} must be in (0, 1]",
         )
-        _check(
-            self.rollback_after >= 0 and self.max_rollbacks >= 0,
-            "train.anomaly.rollback_after and max_rollbacks must be >= 0",
-        )
+        for key in ("rollback_after", "max_rollbacks"):
+            value = getattr(self, key)
+            _check(value >= 0, f"train.anomaly.{key}={value} must be >= 0 (0 = never)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """The learning-rate schedule (lingjax/train/schedules.py), from
+    `TrainConfig.schedule_config()`: warmup, then cosine / WSD decay over `length` steps, or
+    constant. Steps past `length` keep the final LR."""
+
+    kind: Schedule
+    lr: float
+    min_lr_ratio: float
+    warmup_steps: int
+    length: int
+    decay_shape: DecayShape
+    decay_fraction: float
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW and clipping (lingjax/train/optimizer.py), from `TrainConfig.optimizer_config()`."""
+
+    lr: float
+    b1: float
+    b2: float
+    eps: float
+    weight_decay: float
+    clip_norm: float
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Everything the compiled train step reads besides the model config and the optimizer
+    (lingjax/train/step.py), from `TrainConfig.step_config()`. A field the step needs is added
+    here, so no host-only setting ever reaches (or recompiles) the step."""
+
+    schedule: ScheduleConfig
+    spike: SpikeConfig
+    balance_coef: float
+    z_coef: float
+    mtp_coef: float
+    expert_bias_rate: float
+    routing_warmup_steps: int
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 200
+    steps: int = 200  # where the run stops (may grow on resume; see schedule_steps)
     batch_size: int = 8  # global, in sequences
     seq_len: int = 256
     seed: int = 0
@@ -214,8 +317,12 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # final lr of the decay as a fraction of the peak
     warmup_steps: int = 20
     schedule: Schedule = "cosine"
+    # Steps the LR schedule spans (cosine and WSD decay over it). 0 = train.steps of the run's
+    # first start; the workdir's config.json records the resolved value, so a resume with a
+    # longer train.steps does not stretch the schedule (steps past its end keep the final LR).
+    schedule_steps: int = 0
     decay_shape: DecayShape = "1-sqrt"  # WSD decay shape
-    decay_fraction: float = 0.2  # WSD: fraction of steps spent decaying
+    decay_fraction: float = 0.2  # WSD: fraction of the schedule's steps spent decaying
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
@@ -230,19 +337,94 @@ class TrainConfig:
     # Stochastic routing warmup (Ling v1 §3.2.2): blend router logits with Gaussian noise
     # for the first W steps; 0 turns it off.
     routing_warmup_steps: int = 0
-    # Peak FLOP/s of one device for MFU; 0 = look the device kind up (null MFU if unknown).
+    # Peak FLOP/s of one device for MFU; 0 = look the device kind up (no MFU if unknown).
     peak_flops_per_device: float = 0.0
     anomaly: AnomalyConfig = dataclasses.field(default_factory=AnomalyConfig)
 
+    @property
+    def schedule_length(self) -> int:
+        """Steps the schedule spans: schedule_steps, or train.steps while it is unresolved."""
+        return self.schedule_steps or self.steps
+
+    def schedule_config(self) -> ScheduleConfig:
+        return ScheduleConfig(
+            kind=self.schedule,
+            lr=self.lr,
+            min_lr_ratio=self.min_lr_ratio,
+            warmup_steps=self.warmup_steps,
+            length=self.schedule_length,
+            decay_shape=self.decay_shape,
+            decay_fraction=self.decay_fraction,
+        )
+
+    def optimizer_config(self) -> OptimizerConfig:
+        return OptimizerConfig(
+            lr=self.lr,
+            b1=self.b1,
+            b2=self.b2,
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+            clip_norm=self.clip_norm,
+        )
+
+    def step_config(self) -> StepConfig:
+        return StepConfig(
+            schedule=self.schedule_config(),
+            spike=self.anomaly.spike_config(),
+            balance_coef=self.balance_coef,
+            z_coef=self.z_coef,
+            mtp_coef=self.mtp_coef,
+            expert_bias_rate=self.expert_bias_rate,
+            routing_warmup_steps=self.routing_warmup_steps,
+        )
+
     def validate(self) -> None:
-        _check(self.steps > 0, "train.steps must be > 0")
-        _check(self.batch_size > 0 and self.seq_len > 1, "train.batch_size/seq_len too small")
-        _check(self.log_every > 0, "train.log_every must be > 0")
-        _check(self.lr > 0 and 0 <= self.min_lr_ratio <= 1, "train.lr/min_lr_ratio out of range")
-        _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
-        _check(0 < self.decay_fraction <= 1, "train.decay_fraction must be in (0, 1]")
-        _check(self.routing_warmup_steps >= 0, "train.routing_warmup_steps must be >= 0")
+        for key in ("steps", "batch_size", "log_every"):
+            value = getattr(self, key)
+            _check(value > 0, f"train.{key}={value} must be > 0")
+        _check(
+            self.seq_len > 1,
+            f"train.seq_len={self.seq_len} must be > 1 (each row predicts its next tokens)",
+        )
+        _check(self.lr > 0, f"train.lr={self.lr} must be > 0")
+        _check(
+            0 <= self.min_lr_ratio <= 1,
+            f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1] (the final LR as a "
+            "fraction of the peak)",
+        )
+        for key in ("warmup_steps", "schedule_steps", "routing_warmup_steps"):
+            value = getattr(self, key)
+            _check(value >= 0, f"train.{key}={value} must be >= 0")
+        _check(
+            0 < self.decay_fraction <= 1,
+            f"train.decay_fraction={self.decay_fraction} must be in (0, 1]",
+        )
+        for key in ("b1", "b2"):
+            value = getattr(self, key)
+            _check(0 <= value < 1, f"train.{key}={value} must be in [0, 1) (AdamW moment decay)")
+        for key in ("eps", "clip_norm"):
+            value = getattr(self, key)
+            _check(value > 0, f"train.{key}={value} must be > 0")
+        for key in ("weight_decay", "balance_coef", "z_coef", "mtp_coef", "expert_bias_rate"):
+            value = getattr(self, key)
+            _check(value >= 0, f"train.{key}={value} must be >= 0")
+        _check(
+            self.peak_flops_per_device >= 0,
+            f"train.peak_flops_per_device={self.peak_flops_per_device} must be >= 0 (0 = look "
+            "the device up)",
+        )
         self.anomaly.validate()
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusSpec:
+    """One corpus of a training mixture: its name (metrics say val_loss/<name>), the directory
+    `lingjax.cli.build_corpus` wrote, and its relative weight (>= 0; a weight-0 corpus is not
+    trained on but still gets a val_loss/<name>)."""
+
+    name: str
+    path: str
+    weight: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,19 +432,18 @@ class DataConfig:
     """Where training tokens come from: one corpus, or a weighted mixture of named corpora, with
     an optional held-out validation split. Corpora are built by `lingjax.cli.build_corpus`.
 
-    One corpus:  corpus="corpora/web"
-    A mixture:   corpora="code=corpora/code,math=corpora/math,web=corpora/web",
-                 mixture="code:0.3,math:0.2,web:0.5"
+    One corpus:  DataConfig(corpus="corpora/web")
+    A mixture:   DataConfig(mixture=(CorpusSpec("code", "corpora/code", 0.3),
+                                     CorpusSpec("web", "corpora/web", 0.7)))
+                 on the command line:
+                 --config.data.mixture=code=corpora/code:0.3,web=corpora/web:0.7
     """
 
     # Directory of a built corpus (ArrayRecord shards + manifest.json); "" = the default
     # corpus (this Python's standard-library source, byte tokenizer), built on first use.
     corpus: str = ""
-    # Named corpora a mixture can draw from: "name=DIR,name=DIR" (names: letters, digits, _.-).
-    corpora: str = ""
-    # Training rows drawn from the named corpora by weight: "name:weight,..." (weights >= 0 are
-    # relative; a weight-0 corpus is not trained on but still gets a val_loss/<name>).
-    mixture: str = ""
+    # Named corpora drawn from by weight; exclusive with `corpus`.
+    mixture: tuple[CorpusSpec, ...] = ()
     # The run's tokenizer, checked against every corpus manifest: "byte", a tokenizer.json
     # path, or "" to accept the corpora's own (a mixture's corpora must then agree).
     tokenizer: str = ""
@@ -278,81 +459,61 @@ class DataConfig:
     eval_batches: int = 4  # per corpus, of train.batch_size rows
 
     def corpus_dirs(self) -> dict[str, str]:
-        """`corpora` parsed: {name: directory}, in the order given."""
-        out: dict[str, str] = {}
-        for entry in _entries(self.corpora):
-            name, sep, path = entry.partition("=")
-            name, path = name.strip(), path.strip()
-            _check(
-                bool(sep and path) and _is_name(name),
-                f"data.corpora entry {entry!r} must look like name=DIR (name: letters, digits, "
-                f"_ . -), e.g. data.corpora=code=corpora/code,web=corpora/web",
-            )
-            _check(name not in out, f"data.corpora names {name!r} twice; keep one entry")
-            out[name] = path
-        return out
+        """{name: directory} of the mixture, in the order given."""
+        return {c.name: c.path for c in self.mixture}
 
     def mixture_weights(self) -> dict[str, float]:
-        """`mixture` parsed and normalised to sum 1: {name: weight}, sorted by name."""
-        raw: dict[str, float] = {}
-        for entry in _entries(self.mixture):
-            name, sep, weight = entry.rpartition(":")
-            name = name.strip()
-            try:
-                w = float(weight)
-            except ValueError:
-                w = float("nan")
-            _check(
-                bool(sep) and _is_name(name) and w >= 0 and w != float("inf"),
-                f"data.mixture entry {entry!r} must look like name:weight with a weight >= 0, "
-                f"e.g. data.mixture=code:0.3,web:0.7",
-            )
-            _check(name not in raw, f"data.mixture names {name!r} twice; keep one entry")
-            raw[name] = w
-        total = sum(raw.values())
-        _check(not raw or total > 0, "data.mixture: at least one weight must be > 0")
-        return {name: raw[name] / total for name in sorted(raw)}
+        """The mixture's weights normalised to sum 1: {name: weight}, sorted by name."""
+        total = sum(c.weight for c in self.mixture)
+        return {c.name: c.weight / total for c in sorted(self.mixture, key=lambda c: c.name)}
 
     def validate(self) -> None:
-        corpora, weights = self.corpus_dirs(), self.mixture_weights()
-        if weights or corpora:
+        seen: set[str] = set()
+        for c in self.mixture:
+            _check(
+                isinstance(c, CorpusSpec),
+                f"data.mixture entries must be CorpusSpec(name, path, weight), got {c!r}",
+            )
+            _check(
+                _is_name(c.name),
+                f"data.mixture corpus name {c.name!r} must be letters, digits, '_', '.' or '-'",
+            )
+            _check(c.name not in seen, f"data.mixture names {c.name!r} twice; keep one entry")
+            seen.add(c.name)
+            _check(bool(c.path), f"data.mixture corpus {c.name!r} has no directory")
+            _check(
+                c.weight >= 0 and math.isfinite(c.weight),
+                f"data.mixture corpus {c.name!r} has weight {c.weight}; weights are finite and "
+                ">= 0 (relative; 0 = validation only)",
+            )
+        if self.mixture:
             _check(
                 not self.corpus,
-                "data.corpus and data.mixture are exclusive: clear data.corpus to train on the "
-                "mixture, or clear data.mixture and data.corpora to train on one corpus",
+                f"data.corpus={self.corpus!r} and data.mixture are exclusive: clear data.corpus "
+                "to train on the mixture, or clear data.mixture to train on one corpus",
             )
             _check(
-                bool(weights),
-                "data.corpora is set but data.mixture is empty; set data.mixture=NAME:WEIGHT,... "
-                f"over the corpora {', '.join(corpora)}",
-            )
-            missing = [name for name in weights if name not in corpora]
-            _check(
-                not missing,
-                f"data.mixture names {', '.join(missing)}, which data.corpora does not define "
-                f"(it has: {', '.join(corpora) or 'nothing'}); add NAME=DIR entries for them to "
-                "data.corpora",
+                sum(c.weight for c in self.mixture) > 0,
+                "data.mixture: at least one weight must be > 0",
             )
         _check(
             0.0 <= self.eval_fraction < 1.0,
             f"data.eval_fraction={self.eval_fraction} must be in [0, 1): the fraction of each "
             "corpus' documents held out for validation",
         )
-        _check(self.eval_every >= 0, "data.eval_every must be >= 0 (0 = no validation)")
-        _check(self.eval_batches >= 1, "data.eval_batches must be >= 1")
+        _check(
+            self.eval_every >= 0,
+            f"data.eval_every={self.eval_every} must be >= 0 (0 = no validation)",
+        )
+        _check(self.eval_batches >= 1, f"data.eval_batches={self.eval_batches} must be >= 1")
         _check(
             not self.eval_every or self.eval_fraction > 0,
             f"data.eval_every={self.eval_every} needs held-out documents: set "
             "data.eval_fraction (e.g. 0.01), or data.eval_every=0",
         )
-        _check(
-            self.num_workers >= 0 and self.prefetch >= 0,
-            "data.num_workers and data.prefetch must be >= 0",
-        )
-
-
-def _entries(text: str) -> list[str]:
-    return [e for e in (part.strip() for part in text.split(",")) if e]
+        for key in ("num_workers", "prefetch"):
+            value = getattr(self, key)
+            _check(value >= 0, f"data.{key}={value} must be >= 0")
 
 
 def _is_name(name: str) -> bool:
@@ -361,10 +522,26 @@ def _is_name(name: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
+    """Device mesh axes (lingjax/parallel/mesh.py); the product must divide the devices."""
+
     data: int = -1  # -1 = the remaining devices
     fsdp: int = 1
     expert: int = 1
     tensor: int = 1
+
+    def validate(self) -> None:
+        sizes = dataclasses.asdict(self)
+        for axis, size in sizes.items():
+            _check(
+                size == -1 or size >= 1,
+                f"mesh.{axis}={size} must be a positive size, or -1 for the remaining devices",
+            )
+        rest = [f"mesh.{axis}" for axis, size in sizes.items() if size == -1]
+        if len(rest) > 1:
+            raise ConfigError(
+                f"{' and '.join(rest)} are all -1; only one mesh axis may be -1 (the remaining "
+                "devices): give the others explicit sizes"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,14 +551,20 @@ class CheckpointConfig:
     every_steps: int = 0  # save every N steps; 0 = only at the end (and on preemption)
     keep: int = 3  # keep the last K checkpoints
     # Also keep every checkpoint whose step is a multiple of this (WSM merges them later,
-    # LING_SPEC §4); a multiple of every_steps, e.g. 10 * every_steps. 0 = none.
+    # docs/ling_spec.md §4); a multiple of every_steps, e.g. 10 * every_steps. 0 = none.
     keep_every_steps: int = 0
     async_save: bool = True  # write in a background thread while training goes on
 
     def validate(self) -> None:
-        _check(self.every_steps >= 0, "checkpoint.every_steps must be >= 0 (0 = only at the end)")
-        _check(self.keep >= 1, "checkpoint.keep must be >= 1")
-        _check(self.keep_every_steps >= 0, "checkpoint.keep_every_steps must be >= 0")
+        _check(
+            self.every_steps >= 0,
+            f"checkpoint.every_steps={self.every_steps} must be >= 0 (0 = only at the end)",
+        )
+        _check(self.keep >= 1, f"checkpoint.keep={self.keep} must be >= 1")
+        _check(
+            self.keep_every_steps >= 0,
+            f"checkpoint.keep_every_steps={self.keep_every_steps} must be >= 0 (0 = none)",
+        )
         if self.keep_every_steps and self.every_steps:
             _check(
                 self.keep_every_steps % self.every_steps == 0,
@@ -400,7 +583,10 @@ class Config:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
 
     def validate(self) -> Config:
+        """Checks every sub-config; ConfigError names the key, its value and what is valid."""
         self.model.validate()
         self.train.validate()
         self.data.validate()
+        self.mesh.validate()
+        self.checkpoint.validate()
         return self

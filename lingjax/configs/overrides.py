@@ -16,7 +16,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from lingjax.configs.base import Config, ConfigError
+from lingjax.configs.base import Config, ConfigError, CorpusSpec, DataConfig
 
 
 @functools.cache
@@ -103,7 +103,68 @@ def _convert(key: str, tp: Any, value: Any) -> Any:
         if isinstance(value, str):
             return value
         raise bad
+    if origin is tuple and args and args[0] is CorpusSpec:
+        return _mixture(key, value)
     raise ConfigError(f"{key} has a type ({tp}) that cannot be overridden")
+
+
+_MIXTURE_FORM = "name=DIR:WEIGHT,... e.g. code=corpora/code:0.3,web=corpora/web:0.7"
+
+
+def parse_mixture(key: str, text: str) -> tuple[CorpusSpec, ...]:
+    """The command-line form of a mixture, `name=DIR[:WEIGHT],...` (weight 1 if omitted)."""
+    out = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        name, sep, rest = entry.partition("=")
+        path, weight = rest, 1.0
+        head, colon, tail = rest.rpartition(":")
+        if colon:
+            try:
+                path, weight = head, float(tail)
+            except ValueError:  # a ':' inside the path (gs://...): no weight given
+                path, weight = rest, 1.0
+        if not (sep and name.strip() and path.strip()):
+            raise ConfigError(f"bad entry {entry!r} for {key}: expected {_MIXTURE_FORM}")
+        out.append(CorpusSpec(name.strip(), path.strip(), weight))
+    return tuple(out)
+
+
+def _mixture(key: str, value: Any) -> tuple[CorpusSpec, ...]:
+    """A mixture from its CLI string, or from CorpusSpecs / (name, path, weight) tuples /
+    {"name", "path", "weight"} mappings (config.json)."""
+    if isinstance(value, str):
+        return parse_mixture(key, value)
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"bad value {value!r} for {key}: expected {_MIXTURE_FORM}")
+    out = []
+    for item in value:
+        if isinstance(item, CorpusSpec):
+            out.append(item)
+            continue
+        try:
+            c = CorpusSpec(**item) if isinstance(item, Mapping) else CorpusSpec(*item)
+            out.append(CorpusSpec(str(c.name), str(c.path), float(c.weight)))
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"bad entry {item!r} for {key}: expected CorpusSpec(name, path, weight)"
+            ) from None
+    return tuple(out)
+
+
+def _upgrade(cls: type, data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Config files written by older lingjax versions, in today's keys."""
+    if cls is DataConfig and isinstance(data.get("mixture"), str):
+        # Before the mixture was typed: corpora="name=DIR,..." and mixture="name:weight,...".
+        data = dict(data)
+        dirs = dict(e.split("=", 1) for e in data.pop("corpora", "").split(",") if "=" in e)
+        weights = dict(e.rsplit(":", 1) for e in data["mixture"].split(",") if ":" in e)
+        data["mixture"] = [
+            {"name": n.strip(), "path": p.strip(), "weight": float(weights.get(n, 0.0))}
+            for n, p in dirs.items()
+        ]
+    return data
 
 
 def _set(cfg: Any, parts: list[str], value: Any) -> Any:
@@ -149,7 +210,7 @@ def from_dict(data: Mapping[str, Any], cls: type = Config, prefix: str = "") -> 
     """Rebuild a config from `to_dict` output, checking every key and type."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
-    for name, value in data.items():
+    for name, value in _upgrade(cls, data).items():
         path = prefix + name
         if name not in fields:
             raise ConfigError(f"unknown config key {path!r}.{_closest(name, list(fields))}")

@@ -1,6 +1,6 @@
 """Named presets: plain functions returning a `Config`, registered by name.
 
-Published values come from ../shared/LING_SPEC.md (§1.1 Ling v1 configs, §2.1 Ling 2.0 configs,
+Published values come from docs/ling_spec.md (§1.1 Ling v1 configs, §2.1 Ling 2.0 configs,
 §1.4 / §2.6 training recipes). Variants are made with `dataclasses.replace`.
 """
 
@@ -135,7 +135,7 @@ def tiny_v2() -> Config:
 
 
 # ---------------------------------------------------------------------------------------------
-# Ling v1 (BailingMoeForCausalLM). LING_SPEC §1.1 / §1.4.
+# Ling v1 (BailingMoeForCausalLM). docs/ling_spec.md §1.1 / §1.4.
 
 _V1_VOCAB = 126464
 _V1_EOS = 126081
@@ -226,7 +226,7 @@ def ling_plus() -> Config:
 
 
 # ---------------------------------------------------------------------------------------------
-# Ling 2.0 (BailingMoeV2ForCausalLM). LING_SPEC §2.1 / §2.6.
+# Ling 2.0 (BailingMoeV2ForCausalLM). docs/ling_spec.md §2.1 / §2.6.
 
 _V2_VOCAB = 157184
 _V2_EOS = 156892

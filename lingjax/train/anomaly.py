@@ -1,4 +1,4 @@
-"""Training anomalies (LING_SPEC §3.4): detect in the compiled step, decide on the host.
+"""Training anomalies (docs/ling_spec.md §3.4): detect in the compiled step, decide on the host.
 
 In the step (pure, no recompiles): the loss and the grad norm are compared with running
 (exponentially weighted) means and variances carried in the train state. A non-finite value,
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from lingjax.configs.base import AnomalyConfig
+from lingjax.configs import AnomalyConfig, SpikeConfig
 
 
 @flax.struct.dataclass
@@ -59,7 +59,7 @@ def _z(x: Float[Array, ""], mean: Float[Array, ""], var: Float[Array, ""]) -> Fl
     return (x - mean) / (jnp.sqrt(var) + 1e-6 * jnp.abs(mean) + 1e-12)
 
 
-def judge(stats: SpikeStats, loss: Array, grad_norm: Array, cfg: AnomalyConfig) -> Verdict:
+def judge(stats: SpikeStats, loss: Array, grad_norm: Array, cfg: SpikeConfig) -> Verdict:
     """The verdict on one step's (loss, grad norm) given the statistics of earlier clean steps."""
     loss, grad_norm = loss.astype(jnp.float32), grad_norm.astype(jnp.float32)
     nonfinite = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))

@@ -25,19 +25,18 @@ from jaxtyping import Array
 
 from lingjax.configs import Config, ModelConfig
 from lingjax.data import MODEL_INPUTS, empty_batch, make_eval_datasets
-from lingjax.model import BUFFERS, Transformer
+from lingjax.model import Transformer, join
 from lingjax.train.losses import cross_entropy
 
 
 @functools.lru_cache(maxsize=4)
-def _eval_step(model_cfg: ModelConfig) -> Callable[..., tuple[Array, Array]]:
+def cross_entropy_step(model_cfg: ModelConfig) -> Callable[..., tuple[Array, Array]]:
     """jit((params, buffers, batch) -> (sum of token CE, number of target tokens))."""
     model = Transformer(model_cfg)
 
     def step(params: Any, buffers: Any, batch: dict[str, Array]) -> tuple[Array, Array]:
-        variables = {"params": params, BUFFERS: buffers} if buffers else {"params": params}
         logits, _ = model.apply(
-            variables,
+            join(params, buffers),
             batch["tokens"],
             batch["segment_ids"],
             batch["positions"],
@@ -74,7 +73,7 @@ class Evaluator:
             process_index=jax.process_index() if process_index is None else process_index,
             process_count=process_count,
         )
-        self._step = eval_step or _eval_step(cfg.model)
+        self._step = eval_step or cross_entropy_step(cfg.model)
         self._put = put_batch
 
     def due(self, step: int, last: bool) -> bool:

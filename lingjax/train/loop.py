@@ -7,7 +7,8 @@ Running it again with the same workdir resumes from the newest good checkpoint, 
 final params and metrics.jsonl match an uninterrupted run's bit for bit. What makes that hold:
 the state, the data-iterator state (with the queue of batches to retry) and the anomaly
 counters are saved together at step boundaries; every host decision is a deterministic function
-of step verdicts; metrics.jsonl is cut back to the resumed step.
+of step verdicts; metrics.jsonl is cut back to the resumed step; the LR schedule's length is
+fixed in config.json at the first start (lingjax/train/resume.py).
 
 The loop never waits on the device between steps: it reads step s's verdict (a few scalars)
 after dispatching step s+1, and at the boundaries where it logs or saves. A rollback decided on
@@ -27,24 +28,31 @@ import jax
 import numpy as np
 
 from lingjax import parallel
-from lingjax.checkpoint import Checkpointer, check_resume_config
-from lingjax.checkpoint.config_check import CONFIG_FILE
-from lingjax.configs import Config, to_dict, to_json
+from lingjax.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, Checkpointer
+from lingjax.configs import (
+    Config,
+    MeshConfig,
+    ModelConfig,
+    OptimizerConfig,
+    StepConfig,
+    to_dict,
+    to_json,
+)
 from lingjax.data import MODEL_INPUTS, MixtureMeter, make_train_iterator
-from lingjax.data.sources import open_sources
-from lingjax.scaling import flops_per_token, peak_flops
+from lingjax.data.sources import open_sources, save_run_tokenizer
+from lingjax.model import flops_per_token, peak_flops
 from lingjax.train.anomaly import VERDICT_KEYS, AnomalyMonitor, Outcome
-from lingjax.train.evaluation import Evaluator, _eval_step
+from lingjax.train.evaluation import Evaluator, cross_entropy_step
 from lingjax.train.faults import FaultPlan
 from lingjax.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from lingjax.train.optimizer import make_optimizer
 from lingjax.train.preemption import PreemptionWatcher
 from lingjax.train.replay import RetryEntry, RetryFeeder
-from lingjax.train.state import TrainState, abstract_state, init_state
-from lingjax.train.step import controls, make_train_step, metrics_summary
+from lingjax.train.resume import check_resume_config, schedule_overrun
+from lingjax.train.sharded import ShardedTraining, shard_training
+from lingjax.train.state import TrainState
+from lingjax.train.step import controls, metrics_summary
 from lingjax.train.timing import SlowStepDetector
-
-CHECKPOINT_DIR = "checkpoints"
 
 
 class TrainingAnomalyError(RuntimeError):
@@ -61,40 +69,40 @@ def write_config(cfg: Config, workdir: str) -> None:
     os.replace(tmp, path)
 
 
-def _step_view(train_cfg):
-    """`train_cfg` without the fields the compiled step never reads (a cache key)."""
-    in_step = dataclasses.replace(
-        train_cfg.anomaly,
-        retry_delay=2,
-        max_retries=0,
-        retry_lr_scale=1.0,
-        rollback_after=0,
-        max_rollbacks=0,
-        slow_step_z=0.0,
-        slow_step_warmup=1,
-    )
-    return dataclasses.replace(train_cfg, log_every=1, peak_flops_per_device=0.0, anomaly=in_step)
-
-
-# ---- lingjax.parallel (issue #4): the mesh, the sharded init and step, the data share. ----
-# Cached so that calling train() again with the same config (notebooks, tests) compiles nothing.
-# The init creates the state already placed like a restored one (the step's in_shardings), so a
-# fresh and a resumed run hand the step identically placed inputs: one compilation.
+# Cached so that calling train() again with the same config (notebooks, tests) builds and
+# compiles nothing. The init creates the state already placed like a restored one (the step's
+# in_shardings), so a fresh and a resumed run hand the step identically placed inputs: one
+# compilation.
 @functools.lru_cache(maxsize=4)
-def _sharded(model_cfg, train_cfg, mesh_cfg, target: tuple | None) -> parallel.ShardedTraining:
-    cfg = Config(model=model_cfg, train=train_cfg, mesh=mesh_cfg)
-    tx = make_optimizer(train_cfg)
+def _sharded(
+    model_cfg: ModelConfig,
+    step_cfg: StepConfig,
+    opt_cfg: OptimizerConfig,
+    mesh_cfg: MeshConfig,
+    batch_size: int,
+    target: tuple | None,
+) -> ShardedTraining:
     shardings = None if target is None else jax.tree.unflatten(target[0], target[1])
-    return parallel.shard_training(
-        cfg, tx, init_state, make_train_step, abstract_state(cfg, tx), shardings=shardings
+    mesh = parallel.make_mesh(mesh_cfg)
+    return shard_training(
+        model_cfg, step_cfg, make_optimizer(opt_cfg), mesh, batch_size, shardings=shardings
+    )
+
+
+def sharded_run(cfg: Config, target_shardings: Any = None) -> ShardedTraining:
+    """The run of `cfg` laid out on its mesh (cached by the configs the step depends on)."""
+    target = None
+    if target_shardings is not None:
+        leaves, treedef = jax.tree.flatten(target_shardings)
+        target = (treedef, tuple(leaves))
+    t = cfg.train
+    return _sharded(
+        cfg.model, t.step_config(), t.optimizer_config(), cfg.mesh, t.batch_size, target
     )
 
 
 def _model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: batch[k] for k in MODEL_INPUTS}  # `source_ids` stays on the host
-
-
-# ---- end lingjax.parallel ----
 
 
 @dataclasses.dataclass
@@ -107,6 +115,30 @@ class _Pending:
     metrics: dict[str, jax.Array]
 
 
+class _Window:
+    """Throughput between two logged rows: compiled steps, their wall time and data wait."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.steps, self.data_wait = time.perf_counter(), 0, 0.0
+
+    def add(self, data_wait: float) -> None:
+        self.steps += 1
+        self.data_wait += data_wait
+
+    def rates(self, tokens_per_step: int) -> dict[str, float | None]:
+        elapsed = time.perf_counter() - self.start
+        if not self.steps:
+            return {"tokens_per_sec": None, "step_time": None, "data_wait_frac": None}
+        return {
+            "tokens_per_sec": self.steps * tokens_per_step / elapsed,
+            "step_time": elapsed / self.steps,
+            "data_wait_frac": self.data_wait / elapsed,
+        }
+
+
 def train(
     cfg: Config,
     workdir: str,
@@ -115,28 +147,31 @@ def train(
     faults: FaultPlan | None = None,
     target_shardings: Any = None,
 ) -> dict[str, Any]:
-    """Train `cfg` for cfg.train.steps steps in `workdir`, resuming what is there.
+    """Train `cfg` until cfg.train.steps steps in `workdir`, resuming what is there.
 
     Args:
       allow_config_change: resume even if the config differs from the workdir's config.json in
-        keys outside `lingjax.checkpoint.RESUMABLE_KEYS` (otherwise a ConfigError).
+        keys outside `lingjax.train.resume.RESUMABLE_KEYS` (otherwise a ConfigError).
       faults: fault injection for tests and drills (`FaultPlan.parse("nan@5")`); None in runs.
       target_shardings: where to place the state (a TrainState of shardings on the mesh of
         cfg.mesh); None = the layout of lingjax.parallel's rules.
 
     Returns the last logged metrics (host floats) plus "first_loss", "resumed_from" and
-    "preempted" (True if a signal stopped the run after saving).
+    "preempted" (True if a signal stopped the run after saving). Every problem with the config,
+    the workdir or the data is raised before anything is written to the workdir.
     """
     cfg.validate()
-    cfg.checkpoint.validate()
-    parallel.check_config(cfg, parallel.mesh_shape(cfg.mesh, jax.device_count()))  # issue #4
-    check_resume_config(workdir, cfg, allow_change=allow_config_change)
+    parallel.check_config(cfg, parallel.mesh_shape(cfg.mesh, jax.device_count()))
+    cfg, _ = check_resume_config(workdir, cfg, allow_change=allow_config_change)
     # A missing or foreign corpus, or ids past the vocabulary, fail here (CorpusError), before
     # anything is written to the workdir. Reads the manifests and document lengths only.
-    open_sources(cfg.data, vocab_size=cfg.model.vocab_size, split="train")
+    sources = open_sources(cfg.data, vocab_size=cfg.model.vocab_size, split="train")
+    if warning := schedule_overrun(cfg):
+        print(f"warning: {warning}")
     if jax.process_index() == 0:
         write_config(cfg, workdir)
-    run = _Run(cfg, workdir, faults or FaultPlan(), target_shardings)
+        save_run_tokenizer(cfg.data, sources, workdir)
+    run = _Run(cfg, workdir, faults or FaultPlan(), sharded_run(cfg, target_shardings))
     try:
         return run.run()
     finally:
@@ -144,33 +179,23 @@ def train(
 
 
 class _Run:
-    def __init__(self, cfg: Config, workdir: str, faults: FaultPlan, target_shardings: Any):
-        self.cfg, self.workdir, self.faults = cfg, workdir, faults
-        t = self.t = cfg.train
-        self.acfg = t.anomaly
+    def __init__(self, cfg: Config, workdir: str, faults: FaultPlan, par: ShardedTraining):
+        self.cfg, self.workdir, self.faults, self.par = cfg, workdir, faults, par
+        self.t = cfg.train
+        self.acfg = cfg.train.anomaly
         self.writer = None
         self.watcher = None
         self.ckpt = None
         self.feeder = None
         try:
-            self._open(target_shardings)
+            self._open()
         except BaseException:  # close what was opened (data threads, the checkpoint writer)
             self.close()
             raise
 
-    def _open(self, target_shardings: Any) -> None:
-        cfg, workdir, t = self.cfg, self.workdir, self.t
-        # ---- lingjax.parallel (issue #4)
-        key = _step_view(t)
-        self.abstract = abstract_state(cfg, make_optimizer(t))
-        target = None
-        if target_shardings is not None:
-            leaves, treedef = jax.tree.flatten(target_shardings)
-            target = (treedef, tuple(leaves))
-        par = self.par = _sharded(cfg.model, key, cfg.mesh, target)
-        self.step_fn, self.init_fn, self.shardings = par.step, par.init, par.state_shardings
+    def _open(self) -> None:
+        cfg, t, par = self.cfg, self.t, self.par
         self.put_batch = lambda batch: par.put_batch(_model_inputs(batch))
-        # ---- end lingjax.parallel
         self.feeder = RetryFeeder(
             make_train_iterator(
                 cfg.data,
@@ -189,13 +214,16 @@ class _Run:
                 self.put_batch,
                 process_index=par.data_index,
                 process_count=par.data_count,
-                eval_step=parallel.in_mesh_context(_eval_step(cfg.model), par.mesh),
+                eval_step=parallel.in_mesh_context(cross_entropy_step(cfg.model), par.mesh),
             )
         self.monitor = AnomalyMonitor(self.acfg)
         self.slow = SlowStepDetector(self.acfg.slow_step_z, self.acfg.slow_step_warmup)
-        self.ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), cfg.checkpoint)
+        self.ckpt = Checkpointer(os.path.join(self.workdir, CHECKPOINT_DIR), cfg.checkpoint)
         restored = self.ckpt.restore_latest(
-            self.abstract, self.shardings, data_iter=self.feeder, items=("state", "monitor")
+            par.abstract_state,
+            par.state_shardings,
+            data_iter=self.feeder,
+            items=("state", "monitor"),
         )
         if restored is not None:
             self.state: TrainState = restored.state
@@ -205,7 +233,7 @@ class _Run:
         else:
             self.state = self._init_state()
             self.start = 0
-        self.writer = MetricsWriter(workdir, resume_step=self.start)
+        self.writer = MetricsWriter(self.workdir, resume_step=self.start, total_steps=t.steps)
         for bad, reason in restored.failed if restored else []:
             self.writer.event(
                 {"event": "corrupt_checkpoint", "step": bad, "reason": reason, "used": self.start}
@@ -216,9 +244,17 @@ class _Run:
         self.tokens_per_step = t.batch_size * t.seq_len
         self.fpt = flops_per_token(cfg.model, t.seq_len)
         self.peak = t.peak_flops_per_device or peak_flops()
+        if not self.peak and jax.process_index() == 0:
+            print(
+                f"note: no MFU in the logs: the peak FLOP/s of a {jax.devices()[0].device_kind} "
+                "device is unknown; set --config.train.peak_flops_per_device to report it"
+            )
+        self.window = _Window()
+        self.last_logged = self.start
+        self.iter_start: float | None = None  # start of the current loop iteration (timer)
 
     def _init_state(self) -> TrainState:
-        return self.init_fn(jax.random.key(self.t.seed))
+        return self.par.init(jax.random.key(self.t.seed))
 
     # ------------------------------------------------------------------ the loop
 
@@ -230,15 +266,13 @@ class _Run:
         first_loss = None
         preempted = False
         compiled = False
-        last_logged = self.start
-        window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
-        iter_start, iter_data, iter_saved = None, 0.0, False
+        iter_data, iter_saved = 0.0, False
         while True:
             # ---- boundary: steps [0, step) are dispatched, `pending` is the last of them.
             now = time.perf_counter()
-            if iter_start is not None:
-                self._time_step(step, now - iter_start, iter_data, iter_saved)
-            iter_start, iter_saved = now, False
+            if self.iter_start is not None:
+                self._time_step(step, now - self.iter_start, iter_data, iter_saved)
+            self.iter_start, iter_saved = now, False
             stop = self.watcher.should_stop(step)
             last = step >= t.steps
             save = stop or last or (every > 0 and step % every == 0)
@@ -247,22 +281,10 @@ class _Run:
             if pending is not None and (save or log):
                 if self._process(pending):
                     step, pending = self._rollback(None, step), None
-                    last_logged, iter_start = step, None
-                    window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
                     continue
-                if log and step > last_logged:
-                    summary = self._log_row(step, pending.metrics, window_start, window_steps)
-                    summary["data_wait_frac"] = (
-                        data_wait / (time.perf_counter() - window_start) if window_steps else None
-                    )
-                    summary.update(self.mixture.metrics())
-                    if evaluate:  # val_loss; its time stays out of the step timer
-                        summary.update(self.evaluator(self.state))
-                        iter_start = time.perf_counter()
-                    self.writer.write(step, summary)
+                if log and step > self.last_logged:
+                    summary = self._log_row(step, pending.metrics, evaluate)
                     first_loss = summary["loss"] if first_loss is None else first_loss
-                    last_logged = step
-                    window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
                 pending = None
             if save and step > self.start:
                 iter_saved = self._save(step)
@@ -286,23 +308,21 @@ class _Run:
                 spike_lr_scale=self.acfg.retry_lr_scale if entry else 0.0,
                 loss_scale=self.faults.loss_scale(step + 1),
             )
-            new_state, metrics = self.step_fn(self.state, device_batch, ctl)
+            new_state, metrics = self.par.step(self.state, device_batch, ctl)
             if pending is not None and self._process(pending):
                 step, pending = self._rollback(mark, step), None  # new_state is discarded
-                last_logged, iter_start = step, None
-                window_start, data_wait, window_steps = time.perf_counter(), 0.0, 0
                 continue
             self.state = new_state
             pending = _Pending(step, batch, entry, metrics)
             step += 1
             if compiled:
-                window_steps += 1
-                data_wait += iter_data
+                self.window.add(iter_data)
             else:  # keep compilation out of the throughput figures and the step timer
                 jax.block_until_ready(metrics)
                 print(f"step {step}: compiled and ran in {time.perf_counter() - t0:.1f}s")
                 compiled = True
-                window_start, data_wait, iter_start = time.perf_counter(), 0.0, None
+                self.window.reset()
+                self.iter_start = None
 
         if not summary:  # nothing trained in this process: report the run's last row
             rows = read_metrics(os.path.join(self.workdir, METRICS_FILE))
@@ -339,8 +359,9 @@ class _Run:
 
     def _rollback(self, mark: Any, now: int) -> int:
         """Back to the newest checkpoint before the anomaly streak (or the initial state) from
-        step `now`; the data stream moves on and the streak's batches are dropped. Returns the
-        new step."""
+        step `now`; the data stream moves on and the streak's batches are dropped. `mark` is
+        the feeder position before an already-dispatched step to discard (None at a boundary).
+        Returns the new step; the throughput window and the step timer restart."""
         if mark is not None:  # hand back the batch of the discarded, already-dispatched step
             self.feeder.reset(mark)
         if self.monitor.counters["rollbacks"] >= self.acfg.max_rollbacks:
@@ -355,7 +376,10 @@ class _Run:
         self.monitor.counters["dropped_batches"] += dropped
         self.ckpt.wait()
         restored = self.ckpt.restore_latest(
-            self.abstract, self.shardings, items=("state",), before=streak_start
+            self.par.abstract_state,
+            self.par.state_shardings,
+            items=("state",),
+            before=streak_start,
         )
         self.state = restored.state if restored else self._init_state()
         target = restored.step if restored else 0
@@ -378,6 +402,8 @@ class _Run:
                 "rollbacks": self.monitor.counters["rollbacks"],
             }
         )
+        self.last_logged, self.iter_start = target, None
+        self.window.reset()
         return target
 
     def _save(self, step: int, *, force: bool = False) -> bool:
@@ -393,19 +419,26 @@ class _Run:
         self.faults.after_save(step)
         return True
 
-    def _log_row(self, step: int, metrics: Any, window_start: float, window_steps: int) -> dict:
-        row = metrics_summary(metrics)  # blocks until the step is done
+    def _log_row(self, step: int, metrics: Any, evaluate: bool) -> dict[str, Any]:
+        """Writes the row of `step` (blocks until the step is done) and starts a new window."""
+        row = metrics_summary(metrics)
         for k in ("skipped", "nonfinite", "spike"):  # per-step flags: the counters say more
             row.pop(k)
         row.update(self.monitor.counters)
-        elapsed = time.perf_counter() - window_start
-        tps = window_steps * self.tokens_per_step / elapsed if window_steps else None
-        row["tokens_per_sec"] = tps
+        row.update(self.window.rates(self.tokens_per_step))
+        tps = row["tokens_per_sec"]
         row["mfu"] = (
             self.fpt * tps / (self.peak * jax.device_count()) if self.peak and tps else None
         )
-        row["step_time"] = elapsed / window_steps if window_steps else None
         row["slow_steps"] = self.slow.slow_steps
+        row.update(self.mixture.metrics())
+        if evaluate:  # val_loss; its time stays out of the step timer
+            row.update(self.evaluator(self.state))
+            self.iter_start = time.perf_counter()
+        eta = (self.t.steps - step) * row["step_time"] if row["step_time"] else None
+        self.writer.write(step, row, eta_seconds=eta)
+        self.last_logged = step
+        self.window.reset()
         return row
 
     def _time_step(self, step: int, seconds: float, data: float, saved: bool) -> None:

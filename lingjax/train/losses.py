@@ -1,5 +1,5 @@
 """Training losses: next-token cross-entropy with ignored labels, the MTP label shift, and the
-total objective CE + balance + z-loss + MTP (LING_SPEC §3.2, §2.3).
+total objective CE + balance + z-loss + MTP (docs/ling_spec.md §3.2, §2.3).
 
 Legend: B batch, L length, V vocab, P MTP depth. Labels use -1 for "no target".
 """

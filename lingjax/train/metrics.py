@@ -22,11 +22,18 @@ EVENTS_FILE = "events.jsonl"
 
 class MetricsWriter:
     def __init__(
-        self, workdir: str, *, enabled: bool | None = None, resume_step: int | None = None
+        self,
+        workdir: str,
+        *,
+        enabled: bool | None = None,
+        resume_step: int | None = None,
+        total_steps: int | None = None,
     ):
-        """`resume_step`: the step the run continues from; rows after it are dropped."""
+        """`resume_step`: the step the run continues from; rows after it are dropped.
+        `total_steps`: where the run stops (the progress line says step N/TOTAL)."""
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.workdir = workdir
+        self.total_steps = total_steps
         self._jsonl = None
         self._events = None
         self._tb = None
@@ -56,7 +63,8 @@ class MetricsWriter:
         self._tb.close()
         self._open(step)
 
-    def write(self, step: int, metrics: dict[str, Any]) -> None:
+    def write(self, step: int, metrics: dict[str, Any], eta_seconds: float | None = None) -> None:
+        """One row: metrics.jsonl, TensorBoard and the progress line (with the ETA, if given)."""
         if not self.enabled:
             return
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
@@ -68,7 +76,7 @@ class MetricsWriter:
                         self._tb.add_scalar(f"{k}/layer_{i}", x, step)
             elif _finite(v):
                 self._tb.add_scalar(k, v, step)
-        print(progress_line(step, metrics), flush=True)
+        print(progress_line(step, metrics, self.total_steps, eta_seconds), flush=True)
 
     def event(self, event: dict[str, Any]) -> None:
         """One event: a line in events.jsonl and on stdout."""
@@ -123,8 +131,17 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def progress_line(step: int, m: dict[str, Any]) -> str:
-    parts = [f"step {step:>6}", f"loss {m['loss']:.4f}"]
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    h, m = divmod(s // 60, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s % 60:02d}s"
+
+
+def progress_line(
+    step: int, m: dict[str, Any], total: int | None = None, eta_seconds: float | None = None
+) -> str:
+    where = f"step {step}/{total}" if total else f"step {step:>6}"
+    parts = [where, f"loss {m['loss']:.4f}"]
     if "ce_loss" in m:
         parts.append(f"ce {m['ce_loss']:.4f}")
     if "mtp_loss" in m:
@@ -139,4 +156,6 @@ def progress_line(step: int, m: dict[str, Any]) -> str:
         parts.append(f"mfu {100 * m['mfu']:.1f}%")
     if m.get("data_wait_frac") is not None:
         parts.append(f"data {100 * m['data_wait_frac']:.0f}%")
+    if eta_seconds is not None and total and step < total:
+        parts.append(f"ETA {_duration(eta_seconds)}")
     return " | ".join(parts)

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import optax
 
-from lingjax.configs import TrainConfig
+from lingjax.configs import OptimizerConfig
 
 # Parameters that never get weight decay: norm scales and biases (by their leaf name).
 _NO_DECAY = ("scale", "bias", "qkv_bias")
@@ -30,7 +30,7 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     """clip -> AdamW; the LR starts at cfg.lr and is set per step with `set_learning_rate`."""
     adamw = optax.inject_hyperparams(
         optax.adamw, static_args=("b1", "b2", "eps", "weight_decay", "mask")

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lingjax.configs import Config
-from lingjax.model import BUFFERS, Transformer
+from lingjax.configs import ModelConfig
+from lingjax.model import init_boxed, split
 from lingjax.train.anomaly import SpikeStats
 
 
@@ -26,22 +26,23 @@ class TrainState:
     spike_stats: SpikeStats
 
 
-def init_state(cfg: Config, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+def init_state(
+    model_cfg: ModelConfig, tx: optax.GradientTransformation, rng: jax.Array
+) -> TrainState:
     """A fresh state (unboxed arrays). Call under jax.jit with out_shardings to create it
     already sharded; nothing here depends on where it runs."""
     init_rng, state_rng = jax.random.split(rng)
-    variables = Transformer(cfg.model).init({"params": init_rng}, jnp.zeros((1, 8), jnp.int32))
-    variables = nn.unbox(variables)
-    params = variables["params"]
+    params, buffers = split(nn.unbox(init_boxed(model_cfg, init_rng)))
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        buffers=variables.get(BUFFERS, {}),
+        buffers=buffers,
         opt_state=tx.init(params),
         rng=state_rng,
         spike_stats=SpikeStats.zeros(),
     )
 
 
-def abstract_state(cfg: Config, tx: optax.GradientTransformation) -> TrainState:
-    return jax.eval_shape(lambda: init_state(cfg, tx, jax.random.key(0)))
+def abstract_state(model_cfg: ModelConfig, tx: optax.GradientTransformation) -> TrainState:
+    """The state's structure, shapes and dtypes; nothing is allocated."""
+    return jax.eval_shape(lambda: init_state(model_cfg, tx, jax.random.key(0)))

@@ -22,8 +22,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float
 
-from lingjax.configs import Config
-from lingjax.model import BUFFERS, Transformer, moe_counts_by_bias_path
+from lingjax.configs import ModelConfig, StepConfig
+from lingjax.model import Transformer, join, moe_counts_by_bias_path
 from lingjax.train import anomaly
 from lingjax.train.losses import total_loss
 from lingjax.train.optimizer import set_learning_rate
@@ -45,7 +45,7 @@ def controls(spike_lr_scale: float = 0.0, loss_scale: float = 1.0) -> Controls:
 def expert_bias_update(
     bias: Float[Array, "... E"], counts: Array, rate: float
 ) -> Float[Array, "... E"]:
-    """b += u * (sign(mean - count) - mean(sign(mean - count))) per layer (LING_SPEC §2.2):
+    """b += u * (sign(mean - count) - mean(sign(mean - count))) per layer (docs/ling_spec.md §2.2):
     under-loaded experts gain bias, over-loaded ones lose it; the update keeps the bias
     centred (zero-mean)."""
     counts = counts.astype(jnp.float32)
@@ -65,19 +65,19 @@ def routing_alpha(step: Array, warmup_steps: int) -> Array:
 
 
 def make_train_step(
-    cfg: Config, tx: optax.GradientTransformation
+    model_cfg: ModelConfig, step_cfg: StepConfig, tx: optax.GradientTransformation
 ) -> Callable[..., tuple[TrainState, dict[str, Array]]]:
     """`train_step(state, batch, ctl=None) -> (state, metrics)`; pure, to be jitted with
-    donation. `ctl` is `controls(...)` (None: the defaults)."""
-    model = Transformer(cfg.model)
-    t = cfg.train
-    acfg = t.anomaly
-    schedule = make_schedule(t)
+    donation. `ctl` is `controls(...)` (None: the defaults). It reads the model config, the
+    step config (`TrainConfig.step_config()`) and `tx` (`make_optimizer`), nothing else."""
+    model = Transformer(model_cfg)
+    t = step_cfg
+    spike_cfg = t.spike
+    schedule = make_schedule(t.schedule)
 
     def loss_fn(params, buffers, batch, rng, alpha, loss_scale):
-        variables = {"params": params, BUFFERS: buffers} if buffers else {"params": params}
         logits, aux = model.apply(
-            variables,
+            join(params, buffers),
             batch["tokens"],
             batch["segment_ids"],
             batch["positions"],
@@ -108,7 +108,7 @@ def make_train_step(
             state.params, state.buffers, batch, rng, alpha, ctl["loss_scale"]
         )
         grad_norm = optax.tree.norm(grads)
-        verdict = anomaly.judge(state.spike_stats, parts["loss"], grad_norm, acfg)
+        verdict = anomaly.judge(state.spike_stats, parts["loss"], grad_norm, spike_cfg)
         lr_scale = jnp.where(verdict.spike, ctl["spike_lr_scale"], 1.0)
         lr = schedule(state.step) * lr_scale
         opt_state = set_learning_rate(state.opt_state, lr)
@@ -116,12 +116,12 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         buffers = state.buffers
         if buffers:  # aux-loss-free balancing: counts are over the whole (global) batch
-            counts = moe_counts_by_bias_path(aux, cfg.model.num_mtp_layers)
+            counts = moe_counts_by_bias_path(aux, model_cfg.num_mtp_layers)
             buffers = jax.tree.map(
                 lambda b, c: expert_bias_update(b, c, t.expert_bias_rate), buffers, counts
             )
         apply = ~verdict.nonfinite & (~verdict.spike | (ctl["spike_lr_scale"] > 0))
-        if not acfg.enabled:
+        if not spike_cfg.enabled:
             apply = jnp.ones((), bool)
         # Skipping = keeping the old values; NaNs in the unselected branch do not leak.
         params, buffers, opt_state = jax.tree.map(
@@ -130,7 +130,9 @@ def make_train_step(
             (state.params, state.buffers, state.opt_state),
         )
         clean = apply & ~verdict.spike & ~verdict.nonfinite
-        stats = anomaly.observe(state.spike_stats, parts["loss"], grad_norm, clean, acfg.ema_decay)
+        stats = anomaly.observe(
+            state.spike_stats, parts["loss"], grad_norm, clean, spike_cfg.ema_decay
+        )
         metrics = dict(parts)
         metrics["grad_norm"] = grad_norm
         metrics["lr"] = lr

@@ -1,5 +1,5 @@
-"""Slow-step detection after XPUTimer (LING_SPEC §3.6): flag steps whose wall time is far above
-the recent norm and say where the time went (waiting for data vs the rest: compute,
+"""Slow-step detection after XPUTimer (docs/ling_spec.md §3.6): flag steps whose wall time is far
+above the recent norm and say where the time went (waiting for data vs the rest: compute,
 communication, checkpoint copies), so a straggler, a slow disk or a noisy neighbour shows up in
 the log with its cause instead of as a dip in tokens/s.
 
