@@ -1,29 +1,28 @@
-"""Checkpoints: Hugging Face Ling import/export (safetensors, streaming) and the lingjax model
-checkpoint directory (config.json + an Orbax PyTree checkpoint of the variables).
+"""Checkpoints: a training run's Orbax checkpoints, the params-only checkpoint, reading either
+for inference, and Hugging Face Ling import/export.
 
-    cfg, variables = lingjax.load_hf("path/to/Ling-lite")
-    lingjax.save_hf(cfg, variables, "path/to/export")
+    ckpt = Checkpointer(f"{workdir}/checkpoints", cfg.checkpoint)    # a run's checkpoints
+    model_cfg, variables = load("runs/x")            # a workdir (newest good step) or ...
+    model_cfg, variables = load("ckpt/mini")         # ... a params checkpoint
+    save_params("ckpt/mine", model_cfg, variables)   # a params checkpoint
+    model_cfg, variables = load_hf("Ling-lite/")     # Hugging Face (hf/)
     python -m lingjax.cli.convert --from=hf --hf_dir=path/to/Ling-lite --out=ckpt
 
-Training-run checkpoints (manager.py: async Orbax saves, retention for WSM, validated restores
-that fall back past corrupt checkpoints, elastic restore onto any mesh) and the resume-config
-check (config_check.py):
-
-    ckpt = Checkpointer(f"{workdir}/checkpoints", cfg.checkpoint)
-    restored = lingjax.checkpoint.restore(f"{workdir}/checkpoints", abstract, target_shardings)
+manager.py: async Orbax saves, retention for WSM, validated restores that fall back past corrupt
+checkpoints, elastic restore onto any mesh. params.py: the params-only format (config, weights,
+tokenizer). run.py: a workdir's layout and its weights without the optimizer state.
 """
 
-from lingjax.checkpoint.config_check import RESUMABLE_KEYS, check_resume_config, config_changes
 from lingjax.checkpoint.hf import (
+    HFCheckpointError,
     convert_from_hf,
     convert_to_hf,
-    load_checkpoint,
+    from_hf_config,
     load_hf,
-    parse_size,
     plan_hf,
     save_hf,
+    to_hf_config,
 )
-from lingjax.checkpoint.hf_config import HFCheckpointError, from_hf_config, to_hf_config
 from lingjax.checkpoint.manager import (
     Checkpointer,
     CheckpointError,
@@ -32,25 +31,48 @@ from lingjax.checkpoint.manager import (
     restore,
     with_shardings,
 )
+from lingjax.checkpoint.params import (
+    ParamsCheckpointError,
+    is_params_dir,
+    load_params,
+    read_config,
+    read_info,
+    save_params,
+)
+from lingjax.checkpoint.run import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    is_run_dir,
+    load,
+    load_run,
+    read_run_config,
+)
 
 __all__ = [
-    "RESUMABLE_KEYS",
+    "CHECKPOINT_DIR",
+    "CONFIG_FILE",
     "CheckpointError",
     "Checkpointer",
     "HFCheckpointError",
+    "ParamsCheckpointError",
     "Restored",
-    "check_resume_config",
-    "config_changes",
     "convert_from_hf",
     "convert_to_hf",
     "default_shardings",
     "from_hf_config",
-    "load_checkpoint",
+    "is_params_dir",
+    "is_run_dir",
+    "load",
     "load_hf",
-    "parse_size",
+    "load_params",
+    "load_run",
     "plan_hf",
+    "read_config",
+    "read_info",
+    "read_run_config",
     "restore",
     "save_hf",
+    "save_params",
     "to_hf_config",
     "with_shardings",
 ]

@@ -106,7 +106,36 @@ def with_shardings(abstract_state: Any, target_shardings: Any) -> Any:
     )
 
 
-def _first_line(e: BaseException) -> str:
+def saved_steps(directory: str | os.PathLike) -> list[int]:
+    """The steps of a run's checkpoint directory, oldest first, read from its listing (what a
+    reader needs; no CheckpointManager, nothing changes): `<step>/` directories, not the
+    temporary ones of a save in progress."""
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return []
+    return sorted(
+        int(name)
+        for name in os.listdir(directory)
+        if name.isdigit() and os.path.isdir(os.path.join(directory, name))
+    )
+
+
+def validate_step(directory: str | os.PathLike, step: int, items: Sequence[str]) -> None:
+    """Raises ValueError if `step` is not a complete, committed checkpoint with `items`."""
+    path = os.path.join(os.fspath(directory), str(step))
+    if not os.path.isfile(os.path.join(path, COMMIT_MARKER)):
+        raise ValueError(f"no commit marker ({COMMIT_MARKER}): the save did not finish")
+    try:
+        with open(os.path.join(path, STEP_METADATA)) as f:
+            handlers = json.load(f)["item_handlers"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"unreadable {STEP_METADATA}: {first_line(e)}") from e
+    for item in items:
+        if item not in handlers or not os.path.isdir(os.path.join(path, item)):
+            raise ValueError(f"item {item!r} is missing")
+
+
+def first_line(e: BaseException) -> str:
     msg = str(e).strip().splitlines()
     return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
 
@@ -128,7 +157,7 @@ class Checkpointer:
         self._log = log
         policy: Any = ocm.LatestN(n=cfg.keep)
         if cfg.keep_every_steps:
-            # Every M-th step stays for checkpoint merging (WSM, LING_SPEC §4).
+            # Every M-th step stays for checkpoint merging (WSM, docs/ling_spec.md §4).
             policy = ocm.AnyPreservationPolicy(
                 [policy, ocm.EveryNSteps(interval_steps=cfg.keep_every_steps)]
             )
@@ -195,17 +224,7 @@ class Checkpointer:
 
     def validate(self, step: int, items: Sequence[str]) -> None:
         """Raises ValueError if `step` is not a complete, committed checkpoint with `items`."""
-        path = os.path.join(self.directory, str(step))
-        if not os.path.isfile(os.path.join(path, COMMIT_MARKER)):
-            raise ValueError(f"no commit marker ({COMMIT_MARKER}): the save did not finish")
-        try:
-            with open(os.path.join(path, STEP_METADATA)) as f:
-                handlers = json.load(f)["item_handlers"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"unreadable {STEP_METADATA}: {_first_line(e)}") from e
-        for item in items:
-            if item not in handlers or not os.path.isdir(os.path.join(path, item)):
-                raise ValueError(f"item {item!r} is missing")
+        validate_step(self.directory, step, items)
 
     def restore(
         self,
@@ -271,8 +290,8 @@ class Checkpointer:
                     step, abstract_state, target_shardings, data_iter=data_iter, items=items
                 )
             except Exception as e:  # orbax and tensorstore raise many types
-                failed.append((step, _first_line(e)))
-                self._log(f"checkpoint {step} cannot be restored: {_first_line(e)}")
+                failed.append((step, first_line(e)))
+                self._log(f"checkpoint {step} cannot be restored: {first_line(e)}")
                 continue
             for bad, reason in failed:
                 self.discard(bad, "corrupt")
@@ -348,7 +367,7 @@ def restore(
                     s, abstract_state, target_shardings, data_iter=data_iter, items=items
                 )
             except Exception as e:  # any failure: try the previous one
-                errors.append(f"  step {s}: {_first_line(e)}")
+                errors.append(f"  step {s}: {first_line(e)}")
         raise CheckpointError(f"cannot restore from {ckpt.directory}:\n" + "\n".join(errors))
     finally:
         ckpt.close()

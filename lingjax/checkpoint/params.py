@@ -1,38 +1,97 @@
-"""The lingjax model checkpoint directory, written array by array, block by block.
+"""The params-only checkpoint: one model's weights and buffers, its full model config and the
+tokenizer it was trained with. `convert --from=hf` and merging write it; `generate`,
+`convert --to=hf`, evaluation and post-training read it (as they read training workdirs).
 
-    DIR/config.json       the lingjax `Config` (only `model` matters here) as JSON
-    DIR/hf_config.json    the Hugging Face config.json it came from, verbatim (if converted)
-    DIR/variables/        an Orbax PyTree checkpoint of {"params": ..., "buffers": ...}
+    DIR/params.json           {"format": "lingjax-params", "version": 1, "source": ...}
+    DIR/config.json           the lingjax `Config` as JSON (its `model` is the architecture)
+    DIR/variables/            an Orbax PyTree checkpoint of {"params": ..., "buffers": ...}
+    DIR/tokenizer_record.json the tokenizer (lingjax.data.tokenizer), with tokenizer.json for
+                              a Hugging Face tokenizer; absent when the source recorded none
+    DIR/hf_config.json        the Hugging Face config.json it came from, verbatim (converted)
 
 `variables/` is the layout Orbax's PyTreeCheckpointHandler writes with use_ocdbt=False and
 zarr3: one zarr3 array per leaf, named by its dotted path ("params.moe_layers.moe.w_gate"),
-plus the `_METADATA` tree file. We write it ourselves through tensorstore so each array can be
+plus the `_METADATA` tree file. It is written here through tensorstore so each array can be
 filled one chunk at a time (peak host memory ~ one block, never a whole stacked layer tensor);
-Orbax restores it like any checkpoint it wrote (`restore_variables`, optionally sharded), and
-`open_arrays` reads slices of Orbax checkpoints (OCDBT or not) without loading whole arrays.
+Orbax restores it like any checkpoint it wrote (`load_params`, optionally sharded), and
+`open_arrays` reads slices of any Orbax PyTree checkpoint (OCDBT or not, e.g. a training
+run's) without loading whole arrays. A checkpoint is built in a sibling `.partial-*` directory
+and renamed into place when complete (`staged_dir`), so a failed write leaves nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
+import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import numpy as np
 import tensorstore as ts
 
-from lingjax.checkpoint.hf_layout import Leaf
-from lingjax.configs import Config, ModelConfig, from_dict, to_json
+from lingjax.configs import Config, ConfigError, ModelConfig, from_dict, to_json
+from lingjax.data.tokenizer import (
+    RECORD_FILE,
+    copy_tokenizer_files,
+    read_tokenizer_record,
+    write_tokenizer_record,
+)
+from lingjax.model import Leaf, abstract_variables, leaves_of, variable_table
 
+FORMAT = "lingjax-params"
+FORMAT_VERSION = 1
+INFO_FILE = "params.json"
 CONFIG_FILE = "config.json"
 HF_CONFIG_FILE = "hf_config.json"
 VARIABLES_DIR = "variables"
 _METADATA = "_METADATA"
 
+# (shape, dtype, chunk shape) of each leaf to create.
+Layout = dict[Leaf, tuple[tuple[int, ...], np.dtype, tuple[int, ...]]]
+
+
+class ParamsCheckpointError(ValueError):
+    """A params checkpoint that cannot be written or read as asked; the message says the fix."""
+
 
 def leaf_name(leaf: Leaf) -> str:
     return ".".join(leaf)
+
+
+def is_params_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a params-only checkpoint (config.json + variables/)."""
+    path = os.fspath(path)
+    return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isfile(
+        os.path.join(path, VARIABLES_DIR, _METADATA)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: str | os.PathLike) -> Iterator[str]:
+    """A fresh sibling directory renamed to `out_dir` on success, removed on failure. Refuses
+    an `out_dir` that exists and is not an empty directory."""
+    out_dir = os.path.abspath(os.fspath(out_dir)).rstrip("/")
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise ParamsCheckpointError(f"{out_dir} already exists and is not empty; pick a new --out")
+    tmp = f"{out_dir}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.isdir(out_dir):
+        os.rmdir(out_dir)
+    os.replace(tmp, out_dir)
 
 
 def _spec(directory: str, name: str, meta: dict) -> dict:
@@ -49,14 +108,13 @@ def _spec(directory: str, name: str, meta: dict) -> dict:
     }
 
 
-def create_arrays(
-    directory: str, leaves: dict[Leaf, tuple[tuple[int, ...], np.dtype, tuple[int, ...]]]
-) -> dict[Leaf, ts.TensorStore]:
-    """Empty zarr3 arrays {leaf: (shape, dtype, chunk_shape)} plus Orbax's `_METADATA`."""
+def create_arrays(directory: str, layout: Layout) -> dict[Leaf, ts.TensorStore]:
+    """Empty zarr3 arrays {leaf: (shape, dtype, chunk_shape)} plus Orbax's `_METADATA`, in
+    `directory` (a checkpoint's variables/)."""
     os.makedirs(directory, exist_ok=True)
     arrays, tree = {}, {}
     meta = {"use_ocdbt": False, "use_zarr3": True}
-    for leaf, (shape, dtype, chunk) in leaves.items():
+    for leaf, (shape, dtype, chunk) in layout.items():
         spec = _spec(directory, leaf_name(leaf), meta)
         spec.update(
             create=True,
@@ -92,13 +150,92 @@ def create_arrays(
     return arrays
 
 
+def write_metadata(
+    directory: str,
+    model_cfg: ModelConfig,
+    *,
+    source: str,
+    tokenizer_from: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """config.json and params.json of a checkpoint being staged in `directory`, and the
+    tokenizer of the artefact `tokenizer_from` (a workdir, a params checkpoint or a corpus; its
+    record and tokenizer.json are copied when it has them). `source` says where the weights
+    came from (e.g. "hf:Ling-mini-2.0", "run:runs/x@400"); `extra` is kept in params.json."""
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+        f.write(to_json(Config(name=source, model=model_cfg)) + "\n")
+    info = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "source": source,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    with open(os.path.join(directory, INFO_FILE), "w") as f:
+        json.dump(info, f, indent=1)
+        f.write("\n")
+    if tokenizer_from is not None:
+        record = read_tokenizer_record(tokenizer_from)
+        if record is not None:
+            copy_tokenizer_files(tokenizer_from, directory)
+            write_tokenizer_record(directory, record)
+
+
+def _chunk(shape: tuple[int, ...]) -> tuple[int, ...]:
+    # One chunk per slice of the leading (layer / expert) axis of a stacked tensor.
+    return (1, *shape[1:]) if len(shape) >= 3 else tuple(shape)
+
+
+def save_params(
+    out_dir: str | os.PathLike,
+    model_cfg: ModelConfig,
+    variables: dict[str, Any],
+    *,
+    source: str = "lingjax.save_params",
+    tokenizer_from: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Writes in-memory `variables` ({"params", "buffers"}) of `model_cfg` as a params-only
+    checkpoint in the new directory `out_dir` (see `write_metadata` for the keywords); returns
+    its path. ParamsCheckpointError if the tree does not match the model config."""
+    model_cfg.validate()
+    table = variable_table(model_cfg)
+    given = leaves_of(variables)
+    problems = [
+        f"{'/'.join(leaf)}: {None if leaf not in given else tuple(given[leaf].shape)} "
+        f"(the config has {shape})"
+        for leaf, (shape, _) in table.items()
+        if leaf not in given or tuple(given[leaf].shape) != shape
+    ]
+    problems += [
+        f"{'/'.join(leaf)}: not a variable of this model" for leaf in given if leaf not in table
+    ]
+    if problems:
+        raise ParamsCheckpointError(
+            "the variables do not match the model config:\n  - " + "\n  - ".join(problems[:12])
+        )
+    with staged_dir(out_dir) as tmp:
+        layout = {leaf: (shape, dtype, _chunk(shape)) for leaf, (shape, dtype) in table.items()}
+        arrays = create_arrays(os.path.join(tmp, VARIABLES_DIR), layout)
+        for leaf, (_, dtype) in table.items():
+            arrays[leaf].write(np.asarray(given[leaf]).astype(dtype, copy=False)).result()
+        del arrays
+        write_metadata(tmp, model_cfg, source=source, tokenizer_from=tokenizer_from, extra=extra)
+    return os.path.abspath(os.fspath(out_dir))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
 def open_arrays(directory: str) -> dict[Leaf, ts.TensorStore]:
-    """Every leaf of an Orbax PyTree checkpoint directory, opened for lazy slice reads."""
+    """Every leaf of an Orbax PyTree checkpoint directory (OCDBT or not), opened for lazy slice
+    reads: `arrays[leaf][index].read().result()`."""
     path = os.path.join(directory, _METADATA)
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{directory} is not an Orbax PyTree checkpoint (no {_METADATA}); pass the directory "
-            "`lingjax.cli.convert --from=hf` wrote"
+        raise ParamsCheckpointError(
+            f"{directory} is not an Orbax PyTree checkpoint (no {_METADATA}); pass a directory "
+            "that `lingjax.cli.convert --from=hf` (or a merge) wrote"
         )
     with open(path) as f:
         meta = json.load(f)
@@ -109,43 +246,72 @@ def open_arrays(directory: str) -> dict[Leaf, ts.TensorStore]:
     return arrays
 
 
-def write_config(directory: str, model_cfg: ModelConfig, name: str) -> None:
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        f.write(to_json(Config(name=name, model=model_cfg)) + "\n")
+def read_json(path: str, what: str) -> Any:
+    """A JSON file, or ParamsCheckpointError naming the file, the line and the fix."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ParamsCheckpointError(f"{path} not found: {what}") from None
+    except json.JSONDecodeError as e:
+        raise ParamsCheckpointError(
+            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); restore the "
+            "file or rewrite it"
+        ) from None
+    except OSError as e:
+        raise ParamsCheckpointError(f"cannot read {path}: {e.strerror}") from None
 
 
-def read_config(directory: str) -> ModelConfig:
-    """The `model` of DIR/config.json (a lingjax checkpoint or training workdir)."""
-    path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} not found: expected a lingjax checkpoint directory (config.json + "
-            f"{VARIABLES_DIR}/), e.g. the output of `python -m lingjax.cli.convert --from=hf`"
-        )
-    with open(path) as f:
-        data = json.load(f)
-    if "architectures" in data or "model" not in data:
-        raise ValueError(
+def read_config(directory: str | os.PathLike) -> ModelConfig:
+    """The model config in DIR/config.json (a params checkpoint or a training workdir)."""
+    path = os.path.join(os.fspath(directory), CONFIG_FILE)
+    data = read_json(
+        path,
+        f"expected a lingjax checkpoint directory (config.json + {VARIABLES_DIR}/), e.g. the "
+        "output of `python -m lingjax.cli.convert --from=hf`, or a training --workdir",
+    )
+    if not isinstance(data, dict) or "architectures" in data or "model" not in data:
+        raise ParamsCheckpointError(
             f"{path} is not a lingjax config (it looks like a Hugging Face checkpoint's); "
             "convert that with `python -m lingjax.cli.convert --from=hf --hf_dir=DIR --out=NEW`"
         )
-    cfg = from_dict(data).model
-    cfg.validate()
+    try:
+        cfg = from_dict(data).model
+        cfg.validate()
+    except ConfigError as e:
+        raise ParamsCheckpointError(f"{path}: {e}") from None
     return cfg
 
 
-def restore_variables(
-    directory: str, model_cfg: ModelConfig, shardings: Any = None
-) -> dict[str, Any]:
-    """{"params", "buffers"} of DIR/variables restored by Orbax as jax Arrays. `shardings`
-    (a pytree like the variables, or None = the first device) lets each device read only its
-    own slices."""
+def read_info(directory: str | os.PathLike) -> dict[str, Any]:
+    """params.json of a params checkpoint ({} for one written before the file existed)."""
+    path = os.path.join(os.fspath(directory), INFO_FILE)
+    if not os.path.isfile(path):
+        return {}
+    info = read_json(path, "")
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ParamsCheckpointError(f"{path} is not a lingjax params.json (format {FORMAT!r})")
+    if info.get("version", 0) > FORMAT_VERSION:
+        raise ParamsCheckpointError(
+            f"{path} has format version {info['version']}, newer than this lingjax reads "
+            f"({FORMAT_VERSION}); upgrade lingjax"
+        )
+    return info
+
+
+def load_params(
+    directory: str | os.PathLike, shardings: Any = None
+) -> tuple[ModelConfig, dict[str, Any]]:
+    """(model config, {"params", "buffers"}) of a params checkpoint, restored by Orbax as jax
+    Arrays. `shardings` (a pytree like the variables, or None = the first device) lets each
+    device read only its own slices."""
     import flax.linen as nn
     import orbax.checkpoint as ocp
 
-    from lingjax.api import abstract_variables
-
-    abstract = nn.unbox(abstract_variables(model_cfg))
+    directory = os.fspath(directory)
+    cfg = read_config(directory)
+    read_info(directory)
+    abstract = nn.unbox(abstract_variables(cfg))
     if shardings is None:
         shardings = jax.tree.map(
             lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract
@@ -155,4 +321,24 @@ def restore_variables(
     )
     path = os.path.abspath(os.path.join(directory, VARIABLES_DIR))
     with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(path, target)
+        return cfg, ckptr.restore(path, target)
+
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT",
+    "HF_CONFIG_FILE",
+    "INFO_FILE",
+    "RECORD_FILE",
+    "VARIABLES_DIR",
+    "ParamsCheckpointError",
+    "create_arrays",
+    "is_params_dir",
+    "load_params",
+    "open_arrays",
+    "read_config",
+    "read_info",
+    "save_params",
+    "staged_dir",
+    "write_metadata",
+]

@@ -4,17 +4,17 @@
         --max_new_tokens=64 --temperature=0.7 --top_p=0.9
     python -m lingjax.cli.generate --checkpoint=ckpt --prompt_ids=5,6,7 --prompt_ids=8,9
 
---checkpoint is a lingjax checkpoint directory (config.json + variables/, e.g. written by
-`lingjax.cli.convert --from=hf`) or a training workdir (its newest checkpoint that restores).
-Text prompts use --tokenizer: "byte", the path of a tokenizer.json, or by default the
-checkpoint's own tokenizer.json (else the byte tokenizer). Several --prompt/--prompt_ids run as
-one batch.
+--checkpoint is a params checkpoint (config.json + variables/, e.g. written by
+`lingjax.cli.convert --from=hf` or a merge) or a training workdir (its newest checkpoint that
+restores, or --step). Text prompts are encoded with the tokenizer the checkpoint records (the
+one it was trained with); --tokenizer ("byte" or a tokenizer.json) is needed only when it
+records none, and is refused when it differs from the recorded one. Several
+--prompt/--prompt_ids run as one batch.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 from absl import flags, logging
 
@@ -25,7 +25,10 @@ flags.DEFINE_string(
 )
 flags.DEFINE_multi_string("prompt", [], "A text prompt (repeat for a batch).")
 flags.DEFINE_multi_string("prompt_ids", [], "A prompt as comma-separated token ids.")
-flags.DEFINE_string("tokenizer", "", "byte, a tokenizer.json path, or '' = the checkpoint's.")
+flags.DEFINE_string(
+    "tokenizer", "", "byte or a tokenizer.json path; default: the one the checkpoint records."
+)
+flags.DEFINE_integer("step", None, "A training workdir's checkpoint step (default: newest).")
 flags.DEFINE_integer("max_new_tokens", 32, "Tokens to generate per prompt.")
 flags.DEFINE_float("temperature", 0.0, "0 = greedy; > 0 samples from softmax(logits / T).")
 flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (with temperature > 0).")
@@ -50,36 +53,34 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.ERROR)
     F = common.FLAGS
     if not F.checkpoint:
-        common.usage_error("--checkpoint=DIR is required (a lingjax checkpoint directory)")
+        common.usage_error(
+            "--checkpoint=DIR is required (a params checkpoint or a training --workdir)"
+        )
     if not F.prompt and not F.prompt_ids:
         common.usage_error("pass at least one --prompt=TEXT or --prompt_ids=1,2,3")
     if F.max_new_tokens < 1 or F.temperature < 0 or not 0 < F.top_p <= 1:
         common.usage_error("need --max_new_tokens >= 1, --temperature >= 0, 0 < --top_p <= 1")
     ids = [_parse_ids(p) for p in F.prompt_ids]
+    from lingjax.checkpoint import CheckpointError, ParamsCheckpointError, load
+    from lingjax.data.tokenizer import TokenizerError, recorded_tokenizer
+    from lingjax.evaluate import generate
+
     tok = None
     if F.prompt:
-        from lingjax.data.tokenizer import TokenizerError, load_tokenizer
-
-        spec = F.tokenizer
-        if not spec:
-            own = os.path.join(F.checkpoint, "tokenizer.json")
-            spec = own if os.path.isfile(own) else "byte"
         try:
-            tok = load_tokenizer(spec)
+            tok = recorded_tokenizer(F.checkpoint, F.tokenizer)
         except TokenizerError as e:
             common.usage_error(str(e))
         ids = [tok.encode(p).tolist() for p in F.prompt] + ids
-    from lingjax.checkpoint import CheckpointError, load_checkpoint
-    from lingjax.evaluate import generate
-    from lingjax.train import is_run_dir, load_run
-
     try:
-        if is_run_dir(F.checkpoint):  # a training workdir: its newest good checkpoint
-            cfg, variables = load_run(F.checkpoint)
-        else:
-            cfg, variables = load_checkpoint(F.checkpoint)
-    except (FileNotFoundError, CheckpointError) as e:
+        cfg, variables = load(F.checkpoint, F.step)
+    except (CheckpointError, ParamsCheckpointError) as e:
         common.usage_error(str(e))
+    if tok is not None and tok.vocab_size > cfg.vocab_size:
+        common.usage_error(
+            f"the tokenizer has {tok.vocab_size} ids but the model's vocab_size is "
+            f"{cfg.vocab_size}; pass the --tokenizer the model was trained with"
+        )
     try:
         out = generate(
             cfg,

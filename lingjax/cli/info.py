@@ -16,7 +16,7 @@ flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 
 
 def info(cfg) -> dict:
-    from lingjax.scaling import count_params, flops_per_token
+    from lingjax.model import count_params, flops_per_token
 
     counts = count_params(cfg.model)
     return {

@@ -4,7 +4,7 @@
         --config.mesh.expert=8 --devices=64 --device_memory=80GiB [--json]
 
 Parameters, optimizer state and gradients are the shard sizes of the real train state under the
-rules table (lingjax/parallel/memory.py); activations are an estimate of the backward pass's
+rules table (lingjax/train/memory.py); activations are an estimate of the backward pass's
 peak. The mesh comes from --config.mesh.* as in training (-1 = the rest of --devices).
 """
 
@@ -38,8 +38,7 @@ def main(argv: list[str]) -> None:
     del argv
     cfg = common.resolved_config()
     F = common.FLAGS
-    from lingjax.checkpoint import parse_size
-    from lingjax.configs import ConfigError
+    from lingjax.configs import ConfigError, parse_size
 
     memory = None
     if F.device_memory:
@@ -49,7 +48,7 @@ def main(argv: list[str]) -> None:
             common.usage_error(f"--device_memory: {e}")
     import jax
 
-    from lingjax.parallel.memory import plan_memory
+    from lingjax.train.memory import plan_memory
 
     devices = F.devices if F.devices is not None else jax.device_count()
     if devices < 1:

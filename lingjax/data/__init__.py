@@ -10,15 +10,17 @@ Building a corpus from text files: `python -m lingjax.cli.build_corpus` (build.p
 
 from typing import Any
 
-from lingjax.data.corpus import (
-    CorpusError,
-    Manifest,
-    ShardInfo,
-    default_corpus,
-    read_manifest,
-    write_corpus,
+from lingjax.data.corpus import CorpusError, Manifest, ShardInfo, read_manifest, write_corpus
+from lingjax.data.default_corpus import default_corpus
+from lingjax.data.tokenizer import (
+    ByteTokenizer,
+    HFTokenizer,
+    TokenizerError,
+    load_tokenizer,
+    read_tokenizer_record,
+    recorded_tokenizer,
+    save_tokenizer,
 )
-from lingjax.data.tokenizer import ByteTokenizer, HFTokenizer, TokenizerError, load_tokenizer
 
 
 # The pipeline names load on first use: Grain takes ~1.5 s to import, which the corpus builder
@@ -50,5 +52,8 @@ __all__ = [
     "make_eval_datasets",
     "make_train_iterator",
     "read_manifest",
+    "read_tokenizer_record",
+    "recorded_tokenizer",
+    "save_tokenizer",
     "write_corpus",
 ]

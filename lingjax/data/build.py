@@ -112,6 +112,7 @@ def build_corpus(
         domain=domain,
         docs_per_shard=docs_per_shard,
         metadata=metadata,
+        tokenizer_files=tokenizer,
     )
 
 

@@ -24,16 +24,13 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
-import sysconfig
 import tempfile
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from lingjax.data.tokenizer import ByteTokenizer
+from lingjax.data.tokenizer import ByteTokenizer, HFTokenizer, save_tokenizer
 
 FORMAT = "lingjax-corpus"
 FORMAT_VERSION = 2  # 2: tokenizer_hash
@@ -41,7 +38,6 @@ MANIFEST = "manifest.json"
 # Records are small and read in random order: one document per chunk, zstd (the default codec;
 # the stdlib corpus shrinks 6x and decompresses at several hundred MB/s).
 _WRITER_OPTIONS = "group_size:1"
-DEFAULT_CORPUS_VERSION = 2  # bumped with FORMAT_VERSION: old caches are left alone
 
 
 class CorpusError(ValueError):
@@ -121,6 +117,7 @@ def write_corpus(
     eos_id: int = ByteTokenizer.EOS,
     metadata: dict[str, Any] | None = None,
     exist_ok: bool = False,
+    tokenizer_files: ByteTokenizer | HFTokenizer | None = None,
 ) -> Manifest:
     """Writes tokenised documents as a corpus directory and returns its manifest.
 
@@ -139,13 +136,15 @@ def write_corpus(
         last document is consumed, so a generator of `docs` may still add counts to it.
       exist_ok: if a finished corpus is already at out_dir (or another process finishes one
         there while this one builds), keep it, discard this build and return its manifest.
+      tokenizer_files: the tokenizer itself, recorded in the corpus (its tokenizer.json copied)
+        so a run trained on the corpus can decode text later (`save_tokenizer`).
 
     The build goes into a temporary sibling directory renamed to out_dir at the end: a crash or
     an exception leaves no out_dir, and a concurrent builder's finished corpus is never
     overwritten.
     """
     out_dir = os.path.abspath(os.fspath(out_dir))
-    if _is_finished(out_dir) and exist_ok:
+    if is_finished(out_dir) and exist_ok:
         return read_manifest(out_dir)
     if os.path.exists(out_dir):
         raise CorpusError(
@@ -173,6 +172,8 @@ def write_corpus(
             shards=tuple(shards),
             metadata=dict(metadata or {}),
         )
+        if tokenizer_files is not None:
+            save_tokenizer(tokenizer_files, tmp)
         _write_synced(os.path.join(tmp, MANIFEST), manifest.to_json().encode())
         if _publish(tmp, out_dir):
             return manifest
@@ -266,7 +267,7 @@ def _publish(tmp: str, out_dir: str) -> bool:
         # corpus another process published meanwhile.
         os.rename(tmp, out_dir)
     except OSError:
-        if not _is_finished(out_dir):
+        if not is_finished(out_dir):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
         return False
@@ -281,7 +282,7 @@ def _publish(tmp: str, out_dir: str) -> bool:
     return True
 
 
-def _is_finished(corpus_dir: str) -> bool:
+def is_finished(corpus_dir: str) -> bool:
     return os.path.isfile(os.path.join(corpus_dir, MANIFEST))
 
 
@@ -377,99 +378,3 @@ def read_document_lengths(corpus_dir: str | os.PathLike, manifest: Manifest) -> 
             )
         parts.append(lengths.astype(np.int64))
     return np.concatenate(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# Default corpus: this Python's standard-library source
-
-
-def cache_root(cache_dir: str = "") -> str:
-    """`cache_dir`, else $LINGJAX_CACHE, else ~/.cache/lingjax."""
-    return os.path.abspath(
-        os.path.expanduser(
-            cache_dir or os.environ.get("LINGJAX_CACHE") or os.path.join("~", ".cache", "lingjax")
-        )
-    )
-
-
-def stdlib_source_files(stdlib_dir: str | None = None) -> list[str]:
-    """Every `*.py` under the standard library (this Python's unless given), sorted by relative
-    path, skipping installed packages (site-packages/dist-packages). The `test/` tree is kept:
-    it is real Python (about 60% of the bytes) and nearly triples the corpus, so small-model
-    scaling runs repeat epochs less; its few deliberately odd files (other encodings) do not
-    trouble a byte tokenizer."""
-    root = stdlib_dir or sysconfig.get_paths()["stdlib"]
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [
-            d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__")
-        ]
-        files.extend(os.path.join(dirpath, f) for f in filenames if f.endswith(".py"))
-    # Sort on the relative path with "/" so the order is the same on every machine.
-    return sorted(files, key=lambda p: os.path.relpath(p, root).replace(os.sep, "/"))
-
-
-def default_corpus(cache_dir: str = "") -> str:
-    """Directory of the default corpus, built on first use: this Python's standard-library source
-    (`stdlib_source_files`), one document per file, byte tokenizer, domain "code".
-
-    Cached in `<cache>/default-corpus-py<major><minor>-byte-v1/` (see `cache_root`); later calls
-    (and other processes) reuse it. Building takes about a second for ~32 M tokens.
-    """
-    major, minor = sys.version_info[:2]
-    path = os.path.join(
-        cache_root(cache_dir), f"default-corpus-py{major}{minor}-byte-v{DEFAULT_CORPUS_VERSION}"
-    )
-    if _is_finished(path):
-        read_manifest(path)  # fail early, with the fix, if a shard was deleted
-        return path
-    if os.path.exists(path):
-        raise CorpusError(
-            f"{path} exists but holds no {MANIFEST}; it is not a corpus lingjax wrote. Delete it "
-            "and the default corpus will be rebuilt there"
-        )
-    tok = ByteTokenizer()
-    stdlib = sysconfig.get_paths()["stdlib"]
-    print(
-        f"lingjax: building the default corpus (Python {major}.{minor} stdlib source) in "
-        f"{path} ...",
-        end="",
-        flush=True,
-    )
-    t0 = time.perf_counter()
-    try:
-        # ~32 MB: read everything first so the manifest can say which files were unreadable.
-        texts, skipped = [], []
-        for file in stdlib_source_files(stdlib):
-            try:
-                with open(file, "rb") as f:
-                    texts.append(f.read())
-            except OSError:
-                skipped.append(os.path.relpath(file, stdlib))
-        manifest = write_corpus(
-            (tok.encode_bytes(t) for t in texts),
-            path,
-            tokenizer=tok.kind,
-            tokenizer_hash=tok.sha256,
-            vocab_size=tok.vocab_size,
-            domain="code",
-            eos_id=tok.EOS,
-            metadata={
-                "source": "python-stdlib",
-                "python": sys.version.split()[0],
-                "stdlib_dir": stdlib,
-                "test_tree_included": True,
-                "unreadable_files_skipped": skipped,
-            },
-            docs_per_shard=512,  # a few shards, as real corpora have
-            exist_ok=True,  # another process may build it at the same time; keep the winner
-        )
-    except BaseException:
-        print(" failed", flush=True)
-        raise
-    seconds = time.perf_counter() - t0
-    print(
-        f" {manifest.num_documents} documents, {manifest.num_tokens:,} tokens in {seconds:.1f} s",
-        flush=True,
-    )
-    return path

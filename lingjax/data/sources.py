@@ -26,9 +26,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lingjax.data.corpus import CorpusError, Manifest, default_corpus, read_manifest
+from lingjax.data.corpus import CorpusError, Manifest, read_manifest
+from lingjax.data.default_corpus import default_corpus
 from lingjax.data.documents import CorpusDocuments, permutation
-from lingjax.data.tokenizer import tokenizer_fingerprint
+from lingjax.data.tokenizer import (
+    copy_tokenizer_files,
+    load_tokenizer,
+    read_tokenizer_record,
+    save_tokenizer,
+    tokenizer_fingerprint,
+    write_tokenizer_record,
+)
 
 if TYPE_CHECKING:
     from lingjax.configs import DataConfig
@@ -84,7 +92,7 @@ def open_sources(data_cfg: DataConfig, *, vocab_size: int, split: str) -> list[S
     if weights:
         dirs = data_cfg.corpus_dirs()
         entries = [
-            (name, dirs[name], w, f"data.corpora {name}={dirs[name]}")
+            (name, dirs[name], w, f"data.mixture corpus {name}={dirs[name]}")
             for name, w in weights.items()
         ]
     else:
@@ -121,6 +129,29 @@ def open_sources(data_cfg: DataConfig, *, vocab_size: int, split: str) -> list[S
             )
         )
     return sources
+
+
+def save_run_tokenizer(data_cfg: DataConfig, sources: Sequence[Source], directory: str) -> None:
+    """Records the run's tokenizer in `directory` (a training workdir): data.tokenizer if set,
+    else the one the corpora were built with (their record and tokenizer.json when the corpus
+    has them, else the kind and hash of its manifest)."""
+    if data_cfg.tokenizer:
+        save_tokenizer(load_tokenizer(data_cfg.tokenizer), directory)
+        return
+    corpus_dir = sources[0].documents.corpus_dir
+    record = read_tokenizer_record(corpus_dir)
+    if record is not None:
+        copy_tokenizer_files(corpus_dir, directory)
+    else:  # a corpus from before corpora recorded their tokenizer
+        m = sources[0].documents.manifest
+        record = {
+            "kind": m.tokenizer,
+            "sha256": m.tokenizer_hash,
+            "vocab_size": m.vocab_size,
+            "eos_id": m.eos_id,
+            "eos_token": m.metadata.get("eos_token"),
+        }
+    write_tokenizer_record(directory, record)
 
 
 def _describe(kind: str, sha256: str) -> str:

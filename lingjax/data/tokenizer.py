@@ -202,3 +202,122 @@ def tokenizer_fingerprint(spec: str) -> tuple[str, str]:
             f"cannot read tokenizer {spec!r} ({e.strerror}); set data.tokenizer to 'byte', to the "
             "tokenizer.json the corpora were built with, or to '' to accept theirs"
         ) from e
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokenizer an artefact was made with (corpus, training workdir, params checkpoint)
+
+RECORD_FILE = "tokenizer_record.json"
+HF_FILE = "tokenizer.json"
+_HF_COMPANIONS = ("tokenizer_config.json", "special_tokens_map.json")
+
+
+def tokenizer_record(tok: ByteTokenizer | HFTokenizer) -> dict:
+    """What identifies `tok`: {"kind", "sha256", "vocab_size", "eos_id", "eos_token"}."""
+    return {
+        "kind": tok.kind,
+        "sha256": tok.sha256,
+        "vocab_size": int(tok.vocab_size),
+        "eos_id": int(tok.eos_id),
+        "eos_token": getattr(tok, "eos_token", None),
+    }
+
+
+def save_tokenizer(tok: ByteTokenizer | HFTokenizer, directory: str | os.PathLike) -> None:
+    """Records `tok` in `directory`: RECORD_FILE, and for a tokenizer.json a copy of it (and of
+    its tokenizer_config.json / special_tokens_map.json when they sit beside it), so whoever
+    reads the artefact later decodes with the same tokenizer."""
+    directory = os.fspath(directory)
+    record = tokenizer_record(tok)
+    if isinstance(tok, HFTokenizer):
+        copy_tokenizer_files(os.path.dirname(tok.path), directory, main=tok.path)
+    write_tokenizer_record(directory, record)
+
+
+def copy_tokenizer_files(src_dir: str, dst_dir: str, main: str | None = None) -> bool:
+    """Copies a tokenizer.json (`main`, default src_dir/tokenizer.json) and its companions into
+    dst_dir; False if there is none."""
+    import shutil
+
+    main = main or os.path.join(src_dir, HF_FILE)
+    if not os.path.isfile(main):
+        return False
+    if os.path.abspath(main) != os.path.abspath(os.path.join(dst_dir, HF_FILE)):
+        shutil.copyfile(main, os.path.join(dst_dir, HF_FILE))
+    for name in _HF_COMPANIONS:
+        src = os.path.join(src_dir, name)
+        if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(
+            os.path.join(dst_dir, name)
+        ):
+            shutil.copyfile(src, os.path.join(dst_dir, name))
+    return True
+
+
+def write_tokenizer_record(directory: str, record: dict) -> None:
+    path = os.path.join(directory, RECORD_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_tokenizer_record(directory: str | os.PathLike) -> dict | None:
+    """The RECORD_FILE of an artefact directory, or None when it records no tokenizer (made by
+    an older lingjax, or converted from a Hugging Face directory without a tokenizer.json)."""
+    path = os.path.join(os.fspath(directory), RECORD_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        if not isinstance(record, dict) or record.get("kind") not in ("byte", "hf"):
+            raise ValueError("no 'kind' of byte or hf")
+        str(record["sha256"])
+    except (OSError, ValueError, KeyError) as e:
+        raise TokenizerError(
+            f"{path} is not a tokenizer record ({e}); delete it and pass --tokenizer explicitly"
+        ) from e
+    return record
+
+
+def describe(kind: str, sha256: str) -> str:
+    return "byte" if kind == "byte" else f"a tokenizer.json with sha256 {sha256[:12]}"
+
+
+def recorded_tokenizer(directory: str | os.PathLike, spec: str = "") -> ByteTokenizer | HFTokenizer:
+    """The tokenizer to read or write text for an artefact: `spec` ("byte" or a tokenizer.json)
+    if given, else the one the artefact records. TokenizerError, with the fix, if the artefact
+    records none and `spec` is empty, if `spec` differs from the recorded one, or if the record
+    names a tokenizer.json the directory no longer holds."""
+    directory = os.fspath(directory)
+    record = read_tokenizer_record(directory)
+    if spec:
+        tok = load_tokenizer(spec)
+        if record is not None and (tok.kind, tok.sha256) != (record["kind"], record["sha256"]):
+            raise TokenizerError(
+                f"--tokenizer={spec} is {describe(tok.kind, tok.sha256)}, but {directory} was "
+                f"made with {describe(record['kind'], record['sha256'])}; drop --tokenizer to use "
+                "the recorded one"
+            )
+        return tok
+    if record is None:
+        raise TokenizerError(
+            f"{directory} records no tokenizer ({RECORD_FILE}); pass --tokenizer=byte or "
+            "--tokenizer=PATH/tokenizer.json (the one the model was trained with)"
+        )
+    if record["kind"] == "byte":
+        return ByteTokenizer()
+    path = os.path.join(directory, HF_FILE)
+    if not os.path.isfile(path):
+        raise TokenizerError(
+            f"{directory} was made with {describe('hf', record['sha256'])} but holds no "
+            f"{HF_FILE}; pass --tokenizer=PATH/tokenizer.json (that file)"
+        )
+    tok = HFTokenizer(path, record.get("eos_token") or "")
+    if tok.sha256 != record["sha256"]:
+        raise TokenizerError(
+            f"{path} has sha256 {tok.sha256[:12]}, but {RECORD_FILE} says "
+            f"{record['sha256'][:12]}; the file was replaced: pass --tokenizer explicitly"
+        )
+    return tok

@@ -1,13 +1,32 @@
-"""Hugging Face `config.json` of a Ling checkpoint <-> lingjax `ModelConfig`.
+"""Hugging Face `config.json` of a Ling checkpoint <-> lingjax `ModelConfig`, read as the
+published modeling code reads it.
 
-Two published architectures (LING_SPEC.md §0, §1.1, §2.1, §10.1), both `model_type`
+Two published architectures (docs/ling_spec.md §0, §1.1, §2.1, §10.1), both `model_type`
 "bailing_moe":
   v1 `BailingMoeForCausalLM` (Ling-lite/plus/coder): softmax top-k, optional NormHead.
   v2 `BailingMoeV2ForCausalLM` (Ling 2.0): sigmoid + expert bias, group-limited top-k, routed
-     scaling, QK-norm, partial RoPE, first-k dense layers, MTP layers after the last layer.
-Reading rules: `head_dim` 0/None means hidden_size / num_attention_heads; a missing
-`score_function` means softmax; `rotary_dim` wins over `partial_rotary_factor`; `n_group` <= 1
-means no group-limited routing. Anything the published code would compute differently from
+     scaling, QK-norm, partial RoPE, first-k dense layers, MTP layers.
+
+Where readers differ, the published modeling file is the authority (inclusionAI/Ling-V2
+`models/modeling_bailing_moe_v2.py` for v2; tests/support/bailing_v2_numpy.py is a numpy port of
+its forward that the tests compare with):
+  - a v2 key that is absent takes the default of the v2 config class (`V2_DEFAULTS`: e.g. 8
+    expert groups keeping 4, QK-norm on, a first dense layer, head_dim 128);
+  - v2 always routes with sigmoid and always renormalises k > 1 weights (it reads neither
+    `score_function` nor `norm_topk_prob`): a v2 config saying softmax or norm_topk_prob=false
+    is refused, since vLLM would read it otherwise;
+  - v2 rotates int(head_dim * partial_rotary_factor) channels; Ling-1T carries `rotary_dim`
+    instead, so a config with only one of the two uses it, and one with both disagreeing is
+    refused naming both;
+  - `n_group` 0 (what the upstream Megatron converter writes for no grouping; the HF code cannot
+    run it) or 1 means no group-limited routing; exports write 1/1;
+  - v2 always adds `mlp.gate.expert_bias`: exports of a bias-free model write zeros, and an
+    import with moe_router_enable_expert_bias=false accepts a bias only if it is all zero;
+  - MTP layers follow the decoder layers (model.layers.{L..}); "append" (the published modeling
+    file and converter: num_hidden_layers = L) or "last" (num_hidden_layers counts the MTP
+    layers too, as other upstream revisions write it) — imports detect which from the tensors.
+v1 reads as before: `head_dim` 0/None means hidden_size / num_attention_heads, softmax routing,
+renormalisation only for k > 1. Anything the published code would compute differently from
 lingjax (RoPE scaling, tied or biased projections, ...) is refused with a `HFCheckpointError`.
 """
 
@@ -92,11 +111,67 @@ def detect_arch(hf: dict[str, Any]) -> str:
     return arch
 
 
+MTP_LAYOUTS = ("append", "last")
+
+# BailingMoeV2Config's defaults (Ling-V2 models/configuration_bailing_moe_v2.py, af8837e): what
+# the published v2 code uses for a key the config.json lacks.
+V2_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 157184,
+    "hidden_size": 2048,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 20,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 4,
+    "hidden_act": "silu",
+    "use_qkv_bias": False,
+    "use_bias": False,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "initializer_range": 0.02,
+    "max_position_embeddings": 32768,
+    "rope_theta": 600000.0,
+    "rope_scaling": None,
+    "pad_token_id": 156892,
+    "eos_token_id": 156892,
+    "num_experts": 256,
+    "num_shared_experts": 1,
+    "num_experts_per_tok": 8,
+    "n_group": 8,
+    "topk_group": 4,
+    "moe_intermediate_size": 512,
+    "first_k_dense_replace": 1,
+    "head_dim": 128,
+    "use_qk_norm": True,
+    "num_nextn_predict_layers": 0,
+    "moe_router_enable_expert_bias": True,
+    "routed_scaling_factor": 1.0,
+}
+
+
+def _head_dim(hf: dict[str, Any]) -> int:
+    return int(hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"])
+
+
 def _rotary_width(hf: dict[str, Any], head_dim: int) -> int:
+    """Rotated channels: `rotary_dim` or int(head_dim * partial_rotary_factor), whichever the
+    config has (refused elsewhere when both are present and disagree); else the whole head."""
     if hf.get("rotary_dim"):
         return int(hf["rotary_dim"])
     factor = hf.get("partial_rotary_factor")
     return int(head_dim * factor) if factor is not None else head_dim
+
+
+def _rotary_conflict(hf: dict[str, Any], head_dim: int) -> str | None:
+    if hf.get("rotary_dim") and hf.get("partial_rotary_factor") is not None:
+        by_factor = int(head_dim * hf["partial_rotary_factor"])
+        if by_factor != int(hf["rotary_dim"]):
+            return (
+                f"rotary_dim={hf['rotary_dim']} and partial_rotary_factor="
+                f"{hf['partial_rotary_factor']} (= {by_factor} of head_dim {head_dim}) disagree: "
+                "the published BailingMoeV2 code (and vLLM, SGLang) rotate by "
+                "partial_rotary_factor, mlx-lm by rotary_dim; delete the wrong one"
+            )
+    return None
 
 
 def _check_supported(hf: dict[str, Any], arch: str) -> None:
@@ -117,14 +192,14 @@ def _check_supported(hf: dict[str, Any], arch: str) -> None:
         bad.append("use_rmsnorm=false: lingjax's QK-norm is RMSNorm")
     if hf.get("quantization_config"):
         bad.append("quantization_config: quantized (e.g. FP8) checkpoints; convert the BF16 one")
-    if hf.get("score_function", "softmax") not in ("softmax", "sigmoid"):
-        bad.append(f"score_function={hf['score_function']!r}: expected softmax or sigmoid")
     if hf.get("router_dtype") not in (None, "fp32", "float32"):
         bad.append(f"router_dtype={hf['router_dtype']!r}: lingjax computes the router in fp32")
     if not (hf.get("num_experts") or hf.get("n_routed_experts")):
         bad.append("num_experts missing or 0: dense-only Bailing models are not supported")
+    hd = _head_dim(hf)
     if arch == "v1":
-        hd = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+        if hf.get("score_function", "softmax") not in ("softmax", "sigmoid"):
+            bad.append(f"score_function={hf['score_function']!r}: expected softmax")
         v2_only = {
             "use_qk_norm": bool(hf.get("use_qk_norm")),
             "score_function": hf.get("score_function", "softmax") != "softmax",
@@ -145,18 +220,43 @@ def _check_supported(hf: dict[str, Any], arch: str) -> None:
     else:
         if hf.get("norm_head"):
             bad.append(f"norm_head=true: the published {V2_ARCH} code has no NormHead")
+        if hf.get("score_function", "sigmoid") != "sigmoid":
+            bad.append(
+                f"score_function={hf['score_function']!r}: the published {V2_ARCH} code always "
+                "routes with sigmoid (it does not read this key) while vLLM honours it; set it "
+                f"to sigmoid, or architectures to [{V1_ARCH!r}] for a softmax-routed v1 model"
+            )
         if hf.get("norm_topk_prob", True) is False:
             bad.append(
                 "norm_topk_prob=false: the published v2 code renormalises anyway while vLLM does "
-                "not; lingjax refuses to guess"
+                "not; lingjax refuses to guess: set it to true (what HF computes) or delete it"
             )
+        conflict = _rotary_conflict(hf, hd)
+        if conflict:
+            bad.append(conflict)
     if bad:
         _fail("unsupported config.json settings:\n  - " + "\n  - ".join(bad))
 
 
-def from_hf_config(hf: dict[str, Any], param_dtype: str = "float32") -> tuple[ModelConfig, str]:
-    """(ModelConfig, "v1"|"v2") for a Ling `config.json` dict; raises HFCheckpointError."""
+def read_hf_config(hf: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(the config as the published code reads it, "v1"|"v2"): for v2, absent keys take the
+    v2 config class's defaults."""
     arch = detect_arch(hf)
+    if arch == "v2":
+        hf = {**V2_DEFAULTS, **hf}
+    return hf, arch
+
+
+def from_hf_config(
+    hf: dict[str, Any], param_dtype: str = "float32", mtp_layout: str = "append"
+) -> tuple[ModelConfig, str]:
+    """(ModelConfig, "v1"|"v2") for a Ling `config.json` dict, read as the published modeling
+    code reads it (module doc); `mtp_layout` says whether num_hidden_layers counts the MTP
+    layers ("last") or not ("append"). Raises HFCheckpointError naming the key."""
+    if mtp_layout not in MTP_LAYOUTS:
+        _fail(f"mtp_layout={mtp_layout!r}: expected one of {', '.join(MTP_LAYOUTS)}")
+    hf, arch = read_hf_config(hf)
+    v2 = arch == "v2"
     missing = [k for k in _REQUIRED if hf.get(k) is None]
     if not (hf.get("num_experts") or hf.get("n_routed_experts")):
         missing.append("num_experts")
@@ -165,14 +265,14 @@ def from_hf_config(hf: dict[str, Any], param_dtype: str = "float32") -> tuple[Mo
     if missing:
         _fail(f"config.json lacks required keys {missing}; is this a Ling (bailing_moe) config?")
     sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
-    bad = [k for k in sizes if not isinstance(hf[k], int) or hf[k] <= 0]
+    bad = [f"{k}={hf[k]!r}" for k in sizes if not isinstance(hf[k], int) or hf[k] <= 0]
     if bad:
-        _fail(f"config.json: {bad} must be positive integers")
+        _fail(f"config.json: {', '.join(bad)}: these must be positive integers")
     _check_supported(hf, arch)
     D, nh = int(hf["hidden_size"]), int(hf["num_attention_heads"])
     if not hf.get("head_dim") and D % nh:
         _fail(f"head_dim is 0/absent and hidden_size={D} is not a multiple of heads={nh}")
-    hd = int(hf.get("head_dim") or D // nh)
+    hd = _head_dim(hf)
     rot = _rotary_width(hf, hd)
     n_group = int(hf.get("n_group") or 0)
     grouped = n_group > 1
@@ -183,16 +283,23 @@ def from_hf_config(hf: dict[str, Any], param_dtype: str = "float32") -> tuple[Mo
     eos = eos[0] if isinstance(eos, list) and eos else eos
     expert_dim = int(hf["moe_intermediate_size"])
     shared_dim = int(hf.get("moe_shared_expert_intermediate_size") or expert_dim)
+    n_mtp = int(hf.get("num_nextn_predict_layers") or 0)
+    layers = int(hf["num_hidden_layers"]) - (n_mtp if mtp_layout == "last" else 0)
+    if layers < 1:
+        _fail(
+            f"num_hidden_layers={hf['num_hidden_layers']} with num_nextn_predict_layers={n_mtp} "
+            f"under mtp_layout=last leaves no decoder layer; use mtp_layout=append"
+        )
     defaults = ModelConfig()
     cfg = ModelConfig(
         vocab_size=int(hf["vocab_size"]),
         hidden_size=D,
-        num_layers=int(hf["num_hidden_layers"]),
+        num_layers=layers,
         first_k_dense=int(hf.get("first_k_dense_replace") or 0),
         dense_dim=int(hf.get("intermediate_size") or defaults.dense_dim),
         rms_norm_eps=float(hf["rms_norm_eps"]),
         norm_head=bool(hf.get("norm_head", False)),
-        num_mtp_layers=int(hf.get("num_nextn_predict_layers") or 0),
+        num_mtp_layers=n_mtp,
         attention=AttentionConfig(
             num_heads=nh,
             num_kv_heads=int(hf.get("num_key_value_heads") or nh),
@@ -208,11 +315,11 @@ def from_hf_config(hf: dict[str, Any], param_dtype: str = "float32") -> tuple[Mo
             expert_dim=expert_dim,
             num_shared_experts=int(shared),
             shared_expert_dim=0 if shared_dim == expert_dim else shared_dim,
-            score_function=hf.get("score_function") or "softmax",
+            score_function="sigmoid" if v2 else "softmax",
             use_expert_bias=bool(hf.get("moe_router_enable_expert_bias", False)),
             n_group=n_group if grouped else 0,
             topk_group=int(hf.get("topk_group") or 0) if grouped else 0,
-            norm_topk_prob=bool(hf.get("norm_topk_prob", True)),
+            norm_topk_prob=True if v2 else bool(hf.get("norm_topk_prob", True)),
             routed_scaling_factor=float(hf.get("routed_scaling_factor") or 1.0),
         ),
         init_std=float(hf.get("initializer_range") or defaults.init_std),
@@ -265,16 +372,46 @@ def _architectural(cfg: ModelConfig) -> ModelConfig:
     )
 
 
+def _check_v2_export(cfg: ModelConfig) -> None:
+    """Refuse what the published BailingMoeV2 code would compute differently (module doc)."""
+    m = cfg.moe
+    bad = []
+    if m.score_function != "sigmoid":
+        bad.append(
+            f"a {m.score_function} router: the published {V2_ARCH} code always routes with "
+            "sigmoid (export a model without Ling 2.0 features as v1, or use sigmoid routing)"
+        )
+    if not m.norm_topk_prob and m.num_experts_per_tok > 1:
+        bad.append(
+            "norm_topk_prob=False: the published v2 code always renormalises the top-k weights"
+        )
+    if m.num_shared_experts and m.shared_expert_dim not in (0, m.expert_dim):
+        bad.append(
+            f"shared_expert_dim={m.shared_expert_dim} != expert_dim={m.expert_dim}: the published "
+            "v2 code builds the shared expert with width moe_intermediate_size * "
+            "num_shared_experts"
+        )
+    if bad:
+        _fail(f"this model cannot be exported as {V2_ARCH}:\n  - " + "\n  - ".join(bad))
+
+
 def to_hf_config(
-    cfg: ModelConfig, arch: str = "auto", base: dict[str, Any] | None = None
+    cfg: ModelConfig,
+    arch: str = "auto",
+    base: dict[str, Any] | None = None,
+    mtp_layout: str = "append",
 ) -> dict[str, Any]:
     """A `config.json` dict the published loaders read as `cfg`.
 
     `base` (e.g. the config of the checkpoint this model came from) is kept verbatim when it
     already describes `cfg`, so HF -> lingjax -> HF gives back the same file; otherwise its
     extra keys (tokenizer ids, ...) are kept and the architectural keys are rewritten.
+    `mtp_layout`: "append" writes num_hidden_layers = the decoder layers (the MTP layers follow
+    them, as the published modeling code builds them), "last" counts the MTP layers in it.
     """
     cfg.validate()
+    if mtp_layout not in MTP_LAYOUTS:
+        _fail(f"mtp_layout={mtp_layout!r}: expected one of {', '.join(MTP_LAYOUTS)}")
     needed = arch_of(cfg)
     if arch == "auto":
         arch = needed
@@ -284,11 +421,13 @@ def to_hf_config(
         _fail(f"this model uses Ling 2.0 features; export it as {V2_ARCH} (arch=v2)")
     if arch == "v2" and cfg.norm_head:
         _fail(f"NormHead models can only be exported as {V1_ARCH} (arch=v1)")
+    if arch == "v2":
+        _check_v2_export(cfg)
     torch_dtype = cfg.param_dtype
     if base is not None:
         try:
-            same = _architectural(from_hf_config(base)[0]) == _architectural(cfg)
-            same = same and detect_arch(base) == arch
+            same = _architectural(from_hf_config(base, mtp_layout=mtp_layout)[0])
+            same = same == _architectural(cfg) and detect_arch(base) == arch
         except HFCheckpointError:
             same = False
         if same:
@@ -301,7 +440,7 @@ def to_hf_config(
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.dense_dim,
-        "num_hidden_layers": cfg.num_layers,
+        "num_hidden_layers": cfg.num_layers + (cfg.num_mtp_layers if mtp_layout == "last" else 0),
         "num_attention_heads": a.num_heads,
         "num_key_value_heads": a.num_kv_heads,
         "head_dim": a.head_dim,
@@ -337,12 +476,16 @@ def to_hf_config(
             _fail(f"rotary_dim={a.rotary_width} of head_dim={a.head_dim} is not expressible")
         out.update(
             use_qk_norm=a.use_qk_norm,
+            # Both rotary keys, consistent: HF v2, vLLM and SGLang read the factor, mlx-lm and
+            # Ling-1T's config the width.
             partial_rotary_factor=factor,
+            rotary_dim=a.rotary_width,
             score_function=m.score_function,
             moe_router_enable_expert_bias=m.use_expert_bias,
             routed_scaling_factor=m.routed_scaling_factor,
-            n_group=m.n_group,
-            topk_group=m.topk_group,
+            # The published code always runs the grouped top-k: 1 group kept of 1 is plain.
+            n_group=m.n_group or 1,
+            topk_group=m.topk_group or 1,
             moe_shared_expert_intermediate_size=m.shared_expert_dim or m.expert_dim,
             num_nextn_predict_layers=cfg.num_mtp_layers,
             router_dtype="fp32",
@@ -350,6 +493,15 @@ def to_hf_config(
         )
     if base is None:
         return out
-    stale = {"rotary_dim", "n_routed_experts", "n_shared_experts", "norm_head", "use_qk_norm"}
+    # Keys of `base` that would contradict (or re-interpret) the rewritten ones.
+    stale = {
+        "rotary_dim",
+        "partial_rotary_factor",
+        "n_routed_experts",
+        "n_shared_experts",
+        "moe_router_enable_shared_expert",
+        "norm_head",
+        "use_qk_norm",
+    }
     kept = {k: v for k, v in base.items() if k not in stale and k not in out}
     return {**kept, **out}

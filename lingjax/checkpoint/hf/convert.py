@@ -2,13 +2,13 @@
 
     cfg, variables = lingjax.load_hf("Ling-mini-2.0/")          # into memory (jax Arrays)
     lingjax.save_hf(cfg, variables, "export/")                   # sharded safetensors + index
-    convert_from_hf("Ling-mini-2.0/", "ckpt/")                   # -> lingjax checkpoint dir
-    convert_to_hf("ckpt/", "export/")                            # lingjax checkpoint dir -> HF
+    convert_from_hf("Ling-mini-2.0/", "ckpt/")                   # -> a params checkpoint
+    convert_to_hf("ckpt/", "export/")                            # a params checkpoint -> HF
 
 Every direction first checks the whole input (config, every shard present, every tensor name,
 shape and dtype) and raises one `HFCheckpointError` listing the problems before anything is
 written; outputs are built in a sibling `.partial-*` directory and renamed into place. Tensors
-move in blocks of about `block_bytes` (see hf_layout), so the host memory a conversion needs is
+move in blocks of about `block_bytes` (see hf/layout.py), so the host memory a conversion needs is
 a few blocks, independent of the model size; `load_hf` holds the result (the model once) plus
 one block. No code from the checkpoint directory is ever imported or run, and pickle files
 (pytorch_model.bin, *.pt) are refused, never opened.
@@ -16,9 +16,7 @@ one block. No code from the checkpoint directory is ever imported or run, and pi
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import json
 import os
 import re
@@ -30,16 +28,24 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from lingjax.checkpoint import store
-from lingjax.checkpoint.hf_config import HFCheckpointError, from_hf_config, to_hf_config
-from lingjax.checkpoint.hf_layout import Leaf, TensorMap, check_coverage, tensor_maps
-from lingjax.checkpoint.safetensors_io import (
+from lingjax.checkpoint import params as store
+from lingjax.checkpoint.hf.config import (
+    MTP_LAYOUTS,
+    V2_ARCH,
+    HFCheckpointError,
+    from_hf_config,
+    to_hf_config,
+)
+from lingjax.checkpoint.hf.layout import Leaf, TensorMap, check_coverage, tensor_maps
+from lingjax.checkpoint.hf.safetensors_io import (
     SafetensorsError,
     SafetensorsReader,
     TensorSpec,
     write_sharded,
 )
-from lingjax.configs import ModelConfig
+from lingjax.configs import ModelConfig, parse_size
+from lingjax.data.tokenizer import HF_FILE, tokenizer_record, write_tokenizer_record
+from lingjax.model import leaves_of, tree_from_leaves, variable_table
 
 BLOCK_BYTES = 64 * 1024 * 1024
 MAX_SHARD_BYTES = 5 * 1000**3  # the Hugging Face default shard size ("5GB")
@@ -55,31 +61,6 @@ AUX_FILES = (
 )
 _DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 _IGNORED_KEYS = re.compile(r".*\.rotary_emb\.inv_freq$")
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes from 123, "500MB", "5GB" or "2GiB"."""
-    if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", size, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"size {size!r}: expected e.g. 5GB, 500MB or 2GiB")
-    unit = (m.group(2) or "B").upper()
-    base = 1024 if "I" in unit else 1000
-    power = "BKMGT".index(unit[0]) if unit != "B" else 0
-    return int(float(m.group(1)) * base**power)
-
-
-@functools.lru_cache(maxsize=16)
-def leaf_table(model_cfg: ModelConfig) -> dict[Leaf, tuple[tuple[int, ...], np.dtype]]:
-    """{leaf path: (shape, dtype)} of the model's variables, from shapes only (cached: the
-    trace costs seconds; treat the result as read-only)."""
-    import flax.linen as nn
-
-    from lingjax.api import abstract_variables
-
-    flat = jax.tree_util.tree_flatten_with_path(nn.unbox(abstract_variables(model_cfg)))[0]
-    return {tuple(k.key for k in path): (a.shape, np.dtype(a.dtype)) for path, a in flat}
 
 
 def _group(maps: list[TensorMap]) -> dict[Leaf, list[TensorMap]]:
@@ -123,12 +104,53 @@ def _read_hf_config(hf_dir: str) -> dict:
     path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(path):
         raise HFCheckpointError(f"{path} not found; point --hf_dir at a Hugging Face model dir")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            hf = json.load(f)
+    except json.JSONDecodeError as e:
+        raise HFCheckpointError(
+            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix the file "
+            "or download it again"
+        ) from None
+    if not isinstance(hf, dict):
+        raise HFCheckpointError(f"{path} holds a {type(hf).__name__}, not a JSON object")
+    return hf
 
 
-def plan_hf(hf_dir: str, dtype: str | None = None) -> _HFPlan:
-    """Check everything about `hf_dir` (no tensor data is read); raise one clear error."""
+def _mtp_layout(hf: dict, reader: SafetensorsReader, asked: str) -> str:
+    """Where the MTP layers sit: "append" (model.layers.{num_hidden_layers}..) or "last"
+    (num_hidden_layers counts them); "auto" looks for the MTP tensors."""
+    if asked != "auto":
+        return asked
+    n_mtp = int(hf.get("num_nextn_predict_layers") or 0)
+    n = int(hf.get("num_hidden_layers") or 0)
+    if n_mtp and f"model.layers.{n - n_mtp}.enorm.weight" in reader.entries:
+        return "last"
+    return "append"
+
+
+def _ignored_expert_bias(hf: dict, arch: str, reader: SafetensorsReader) -> set[str]:
+    """The published v2 code adds mlp.gate.expert_bias even with
+    moe_router_enable_expert_bias=false; such a checkpoint is read as bias-free only if its
+    bias is all zero (what lingjax's own exports of bias-free models write)."""
+    keys = {k for k in reader.entries if k.endswith(".mlp.gate.expert_bias")}
+    if arch != "v2" or hf.get("moe_router_enable_expert_bias", True) or not keys:
+        return set()
+    nonzero = [
+        k for k in sorted(keys) if np.any(reader.read_rows(k, 0, reader.entries[k].shape[0]))
+    ]
+    if nonzero:
+        raise HFCheckpointError(
+            f"config.json sets moe_router_enable_expert_bias=false, but {nonzero[0]} (and "
+            f"{len(nonzero) - 1} more) is not zero, and the published {arch} code adds it to the "
+            "routing scores anyway; set moe_router_enable_expert_bias to true"
+        )
+    return keys
+
+
+def plan_hf(hf_dir: str, dtype: str | None = None, mtp_layout: str = "auto") -> _HFPlan:
+    """Check everything about `hf_dir` (only the expert bias of a bias-free v2 config is read);
+    raise one clear error. `mtp_layout`: "auto", "append" or "last" (see hf/config.py)."""
     hf = _read_hf_config(hf_dir)
     try:
         reader = SafetensorsReader(hf_dir)
@@ -139,12 +161,17 @@ def plan_hf(hf_dir: str, dtype: str | None = None) -> _HFPlan:
         dtype = "bfloat16" if emb is not None and emb.dtype == _DTYPES["bfloat16"] else "float32"
     if dtype not in _DTYPES:
         raise HFCheckpointError(f"dtype={dtype!r}: expected float32 or bfloat16")
-    cfg, arch = from_hf_config(hf, param_dtype=dtype)
+    if mtp_layout not in ("auto", *MTP_LAYOUTS):
+        raise HFCheckpointError(f"mtp_layout={mtp_layout!r}: expected auto, append or last")
+    cfg, arch = from_hf_config(
+        hf, param_dtype=dtype, mtp_layout=_mtp_layout(hf, reader, mtp_layout)
+    )
+    ignored = _ignored_expert_bias(hf, arch, reader)
     maps = tensor_maps(cfg)
-    leaves = leaf_table(cfg)
+    leaves = variable_table(cfg)
     check_coverage(maps, {leaf: shape for leaf, (shape, _) in leaves.items()})
     problems = []
-    expected = {t.hf_key for t in maps}
+    expected = {t.hf_key for t in maps} | ignored
     missing = [t.hf_key for t in maps if t.hf_key not in reader.entries]
     extra = sorted(k for k in reader.entries if k not in expected and not _IGNORED_KEYS.match(k))
     if missing:
@@ -192,13 +219,17 @@ def _hf_blocks(plan: _HFPlan, block_bytes: int) -> Iterator[tuple[TensorMap, tup
 
 
 def load_hf(
-    hf_dir: str, *, dtype: str | None = None, block_bytes: int = BLOCK_BYTES
+    hf_dir: str,
+    *,
+    dtype: str | None = None,
+    mtp_layout: str = "auto",
+    block_bytes: int = BLOCK_BYTES,
 ) -> tuple[ModelConfig, dict[str, Any]]:
     """(model config, {"params", "buffers"}) of a Hugging Face Ling checkpoint, as jax Arrays
     on the default device. `dtype` ("float32"/"bfloat16") defaults to the checkpoint's; the
-    expert bias stays fp32."""
-    plan = plan_hf(hf_dir, dtype)
-    variables: dict[str, Any] = {}
+    expert bias stays fp32. `mtp_layout` as `plan_hf`."""
+    plan = plan_hf(hf_dir, dtype, mtp_layout)
+    leaves: dict[Leaf, Any] = {}
     for leaf, maps in _group(plan.maps).items():
         shape, leaf_dtype = plan.leaves[leaf]
         buf = np.empty(shape, leaf_dtype)
@@ -206,30 +237,9 @@ def load_hf(
             for r0, r1 in _blocks(t, leaf_dtype.itemsize, block_bytes):
                 block = t.to_lingjax(plan.reader.read_rows(t.hf_key, r0, r1))
                 buf[t.index + t.lingjax_slice(r0, r1)] = block
-        node = variables
-        for k in leaf[:-1]:
-            node = node.setdefault(k, {})
-        node[leaf[-1]] = jax.device_put(buf)
+        leaves[leaf] = jax.device_put(buf)
         del buf
-    return plan.cfg, variables
-
-
-@contextlib.contextmanager
-def _staging(out_dir: str) -> Iterator[str]:
-    """A fresh sibling directory renamed to `out_dir` on success, removed on failure."""
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise HFCheckpointError(f"{out_dir} already exists and is not empty; pick a new --out")
-    tmp = f"{os.path.abspath(out_dir).rstrip('/')}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.isdir(out_dir):
-        os.rmdir(out_dir)
-    os.replace(tmp, out_dir)
+    return plan.cfg, tree_from_leaves(leaves)
 
 
 def _copy_aux(src: str, dst: str) -> None:
@@ -238,13 +248,41 @@ def _copy_aux(src: str, dst: str) -> None:
             shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
 
 
+def _record_hf_tokenizer(directory: str) -> None:
+    """The tokenizer record of a converted checkpoint whose directory holds a tokenizer.json."""
+    if not os.path.isfile(os.path.join(directory, HF_FILE)):
+        return
+    try:
+        from lingjax.data.tokenizer import HFTokenizer
+
+        record = tokenizer_record(HFTokenizer(os.path.join(directory, HF_FILE)))
+    except Exception:  # an EOS it cannot tell, a tokenizer.json `tokenizers` cannot parse
+        import hashlib
+
+        with open(os.path.join(directory, HF_FILE), "rb") as f:
+            sha = hashlib.sha256(f.read()).hexdigest()
+        record = {
+            "kind": "hf",
+            "sha256": sha,
+            "vocab_size": None,
+            "eos_id": None,
+            "eos_token": None,
+        }
+    write_tokenizer_record(directory, record)
+
+
 def convert_from_hf(
-    hf_dir: str, out_dir: str, *, dtype: str | None = None, block_bytes: int = BLOCK_BYTES
+    hf_dir: str,
+    out_dir: str,
+    *,
+    dtype: str | None = None,
+    mtp_layout: str = "auto",
+    block_bytes: int = BLOCK_BYTES,
 ) -> ModelConfig:
-    """Write the lingjax checkpoint directory (see lingjax.checkpoint.store) of a Hugging Face
-    Ling checkpoint, block by block; returns its model config."""
-    plan = plan_hf(hf_dir, dtype)
-    with _staging(out_dir) as tmp:
+    """Write the params checkpoint (lingjax.checkpoint.params) of a Hugging Face Ling
+    checkpoint, block by block; returns its model config."""
+    plan = plan_hf(hf_dir, dtype, mtp_layout)
+    with store.staged_dir(out_dir) as tmp:
         layout = {}
         for leaf, maps in _group(plan.maps).items():
             shape, leaf_dtype = plan.leaves[leaf]
@@ -254,15 +292,26 @@ def convert_from_hf(
         for t, index, block in _hf_blocks(plan, block_bytes):
             arrays[t.leaf][index].write(block).result()
         del arrays
-        store.write_config(tmp, plan.cfg, name=f"hf:{os.path.basename(os.path.abspath(hf_dir))}")
+        source = f"hf:{os.path.basename(os.path.abspath(hf_dir))}"
+        store.write_metadata(tmp, plan.cfg, source=source, extra={"hf_arch": plan.arch})
         with open(os.path.join(tmp, store.HF_CONFIG_FILE), "w") as f:
             json.dump(plan.hf_config, f, indent=2)
         _copy_aux(hf_dir, tmp)
+        _record_hf_tokenizer(tmp)
     return plan.cfg
 
 
 # ---------------------------------------------------------------------------------------------
 # Writing a Hugging Face directory
+
+
+def _bias_free_v2_maps(cfg: ModelConfig, hf_config: dict) -> list[TensorMap]:
+    """Zero mlp.gate.expert_bias tensors for a bias-free model exported as v2: the published code
+    always adds one to the routing scores (and would leave it uninitialised when absent)."""
+    if hf_config["architectures"] != [V2_ARCH] or cfg.moe.use_expert_bias:
+        return []
+    with_bias = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, use_expert_bias=True))
+    return [t for t in tensor_maps(with_bias) if t.hf_key.endswith(".mlp.gate.expert_bias")]
 
 
 def _export(
@@ -274,15 +323,16 @@ def _export(
     arch: str,
     base: dict | None,
     include_mtp: bool,
+    mtp_layout: str,
     max_shard_size: int | str,
     block_bytes: int,
     aux_from: str | None = None,
 ) -> dict:
     if not include_mtp:
         cfg = dataclasses.replace(cfg, num_mtp_layers=0)
-    hf_config = to_hf_config(cfg, arch, base)
+    hf_config = to_hf_config(cfg, arch, base, mtp_layout)
     maps = tensor_maps(cfg)
-    leaves = leaf_table(cfg)
+    leaves = variable_table(cfg)
     check_coverage(maps, {leaf: shape for leaf, (shape, _) in leaves.items()})
     bad = [
         f"{'/'.join(leaf)}: {shapes.get(leaf)} (expected {shape})"
@@ -293,16 +343,22 @@ def _export(
         raise HFCheckpointError(
             "the variables do not match the model config:\n  - " + "\n  - ".join(bad[:12])
         )
-    by_key = {t.hf_key: t for t in maps}
+    zeros = _bias_free_v2_maps(cfg, hf_config)
+    by_key = {t.hf_key: t for t in maps + zeros}
     specs = [TensorSpec(t.hf_key, leaves[t.leaf][1], t.hf_shape) for t in maps]
+    specs += [TensorSpec(t.hf_key, np.dtype(np.float32), t.hf_shape) for t in zeros]
+    zero_keys = {t.hf_key for t in zeros}
 
     def blocks(spec: TensorSpec) -> Iterator[np.ndarray]:
+        if spec.name in zero_keys:
+            yield np.zeros(spec.shape, np.float32)
+            return
         t = by_key[spec.name]
         for r0, r1 in _blocks(t, spec.dtype.itemsize, block_bytes):
             yield t.to_hf(read(t.leaf, t.index + t.lingjax_slice(r0, r1)))
 
     max_bytes = parse_size(max_shard_size)
-    with _staging(out_dir) as tmp:
+    with store.staged_dir(out_dir) as tmp:
         write_sharded(tmp, specs, blocks, max_bytes)
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(hf_config, f, indent=2)
@@ -320,17 +376,20 @@ def save_hf(
     arch: str = "auto",
     hf_config_base: dict | None = None,
     include_mtp: bool = True,
+    mtp_layout: str = "append",
     max_shard_size: int | str = MAX_SHARD_BYTES,
     block_bytes: int = BLOCK_BYTES,
+    aux_from: str | None = None,
 ) -> dict:
     """Write `variables` ({"params", "buffers"}, or params alone when the model has no
     buffers) as a Hugging Face Ling checkpoint: config.json (architecture `arch`: auto, v1 or
-    v2), model-*.safetensors shards and model.safetensors.index.json. Returns the config."""
+    v2; `mtp_layout` "append" or "last", see hf/config.py), model-*.safetensors shards and
+    model.safetensors.index.json; the tokenizer files of `aux_from` (a directory) come along.
+    Returns the config."""
     if "params" not in variables:
         variables = {"params": variables}
-    flat = jax.tree_util.tree_flatten_with_path(variables)[0]
-    arrays = {tuple(k.key for k in path): a for path, a in flat}
-    dtypes = {leaf: dt for leaf, (_, dt) in leaf_table(model_cfg).items()}
+    arrays = leaves_of(variables)
+    dtypes = {leaf: dt for leaf, (_, dt) in variable_table(model_cfg).items()}
 
     def read(leaf: Leaf, index: tuple) -> np.ndarray:
         return np.asarray(arrays[leaf][index]).astype(dtypes[leaf], copy=False)
@@ -344,8 +403,10 @@ def save_hf(
         arch=arch,
         base=hf_config_base,
         include_mtp=include_mtp,
+        mtp_layout=mtp_layout,
         max_shard_size=max_shard_size,
         block_bytes=block_bytes,
+        aux_from=aux_from,
     )
 
 
@@ -355,20 +416,20 @@ def convert_to_hf(
     *,
     arch: str = "auto",
     include_mtp: bool = True,
+    mtp_layout: str = "append",
     max_shard_size: int | str = MAX_SHARD_BYTES,
     block_bytes: int = BLOCK_BYTES,
 ) -> dict:
-    """Export a lingjax checkpoint directory (config.json + variables/) to a Hugging Face
-    directory, reading the arrays block by block. The source's hf_config.json (if any) is the
-    base of the new config.json, so an unchanged model round-trips to the same config."""
+    """Export a params checkpoint (config.json + variables/) to a Hugging Face directory,
+    reading the arrays block by block. The source's hf_config.json (if any) is the base of the
+    new config.json, so an unchanged model round-trips to the same config."""
     cfg = store.read_config(checkpoint_dir)
     arrays = store.open_arrays(os.path.join(checkpoint_dir, store.VARIABLES_DIR))
-    dtypes = {leaf: dt for leaf, (_, dt) in leaf_table(cfg).items()}
+    dtypes = {leaf: dt for leaf, (_, dt) in variable_table(cfg).items()}
     base = None
     base_path = os.path.join(checkpoint_dir, store.HF_CONFIG_FILE)
     if os.path.isfile(base_path):
-        with open(base_path) as f:
-            base = json.load(f)
+        base = store.read_json(base_path, "")
 
     def read(leaf: Leaf, index: tuple) -> np.ndarray:
         return np.asarray(arrays[leaf][index].read().result()).astype(dtypes[leaf], copy=False)
@@ -382,13 +443,8 @@ def convert_to_hf(
         arch=arch,
         base=base,
         include_mtp=include_mtp,
+        mtp_layout=mtp_layout,
         max_shard_size=max_shard_size,
         block_bytes=block_bytes,
         aux_from=checkpoint_dir,
     )
-
-
-def load_checkpoint(checkpoint_dir: str, shardings: Any = None) -> tuple[ModelConfig, dict]:
-    """(model config, variables) of a lingjax checkpoint directory, restored by Orbax."""
-    cfg = store.read_config(checkpoint_dir)
-    return cfg, store.restore_variables(checkpoint_dir, cfg, shardings)

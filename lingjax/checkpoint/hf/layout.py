@@ -3,7 +3,7 @@
 Legend: D model dim, Q fused qkv heads (H + 2V), H query heads, K head dim, E experts,
 F mlp width, N vocab, R rows of a block.
 
-HF keys (LING_SPEC.md §1.3, §2.4) -> lingjax leaves (`lingjax.init_params` tree):
+HF keys (docs/ling_spec.md §1.3, §2.4) -> lingjax leaves (`lingjax.init_params` tree):
   model.word_embeddings.weight [N, D]            params/embed [N, D]                   same
   model.layers.{i}.input_layernorm.weight [D]    <stack>/input_norm/scale [l, D]        same
   ...attention.query_key_value.weight [Q*K, D]   <stack>/attn/qkv [l, D, Q, K]          qkv

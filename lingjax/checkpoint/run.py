@@ -1,0 +1,135 @@
+"""A training workdir as readers see it: its layout, its config, and the weights of one of its
+checkpoints, read without the optimizer state.
+
+    DIR/config.json     the resolved `Config` of the run (what resume reads)
+    DIR/checkpoints/    Orbax checkpoints <step>/{state, data_iter, monitor, config}
+    DIR/tokenizer_record.json (+ tokenizer.json)   the run's tokenizer
+
+    model_cfg, variables = load_run("runs/x")            # the newest checkpoint that restores
+    model_cfg, variables = load("runs/x" | "ckpt/mini")  # a workdir or a params checkpoint
+
+Readers take no lock and change nothing in the workdir: a checkpoint that fails to restore (a
+corrupt one, or one the running writer's retention deleted meanwhile) is skipped and the next
+older one is used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from lingjax.checkpoint.manager import CheckpointError, first_line, saved_steps, validate_step
+from lingjax.checkpoint.params import (
+    ParamsCheckpointError,
+    is_params_dir,
+    load_params,
+    read_config,
+    read_json,
+)
+from lingjax.configs import Config, ConfigError, ModelConfig, from_dict
+from lingjax.model import abstract_variables
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is a training workdir (config.json + checkpoints/)."""
+    path = os.fspath(path)
+    return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(
+        os.path.join(path, CHECKPOINT_DIR)
+    )
+
+
+def read_run_config(workdir: str | os.PathLike) -> Config:
+    """The run's resolved config (DIR/config.json); ParamsCheckpointError naming the file."""
+    path = os.path.join(os.fspath(workdir), CONFIG_FILE)
+    data = read_json(path, "expected a training --workdir (config.json + checkpoints/)")
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise ParamsCheckpointError(f"{path}: {e}") from None
+
+
+def _variables_target(model_cfg: ModelConfig, sharding: jax.sharding.Sharding) -> dict[str, Any]:
+    import flax.linen as nn
+
+    abstract = nn.unbox(abstract_variables(model_cfg))
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
+    )
+
+
+def restore_variables(
+    checkpoint_dir: str, step: int, model_cfg: ModelConfig, sharding: Any = None
+) -> dict[str, Any]:
+    """{"params", "buffers"} of the train state in checkpoint `step` of a run's checkpoints/
+    directory: a partial restore of the `state` item, so the optimizer moments (about twice the
+    parameters) are never read. Raises on any problem (missing step, damaged files)."""
+    import orbax.checkpoint as ocp
+
+    validate_step(checkpoint_dir, step, ["state"])
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = _variables_target(model_cfg, sharding)
+    path = os.path.join(checkpoint_dir, str(step), "state")
+    with ocp.PyTreeCheckpointer() as ckptr:
+        restored = ckptr.restore(
+            path,
+            args=ocp.args.PyTreeRestore(
+                item=target,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                partial_restore=True,
+            ),
+        )
+    return restored
+
+
+def load_run(
+    workdir: str | os.PathLike,
+    step: int | None = None,
+    *,
+    sharding: Any = None,
+    log: Callable[[str], None] = print,
+) -> tuple[ModelConfig, dict[str, Any]]:
+    """(model config, {"params", "buffers"}) of a training run's checkpoint `step` (default: the
+    newest that restores; newer ones that fail are reported through `log` and skipped), on the
+    first device (or `sharding`), ready for `lingjax.generate`, `lingjax.save_hf` or a merge.
+    CheckpointError if none restores."""
+    workdir = os.fspath(workdir)
+    cfg = read_run_config(workdir).model
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    steps = [step] if step is not None else list(reversed(saved_steps(directory)))
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {directory}; train longer or save one first")
+    errors = []
+    for s in steps:
+        try:
+            return cfg, restore_variables(directory, s, cfg, sharding)
+        except Exception as e:  # orbax and tensorstore raise many types: try the previous one
+            errors.append(f"  step {s}: {first_line(e)}")
+            if step is None:
+                log(f"checkpoint {s} of {workdir} cannot be read ({first_line(e)}); trying older")
+    raise CheckpointError(f"cannot restore the weights of {directory}:\n" + "\n".join(errors))
+
+
+def load(path: str | os.PathLike, step: int | None = None) -> tuple[ModelConfig, dict[str, Any]]:
+    """(model config, variables) of a training workdir (checkpoint `step`, default the newest
+    that restores) or of a params-only checkpoint; ParamsCheckpointError if `path` is neither."""
+    path = os.fspath(path)
+    if is_run_dir(path):
+        return load_run(path, step)
+    if step is not None:
+        raise ParamsCheckpointError(
+            f"{path} is a params checkpoint (one set of weights); step={step} applies to "
+            "training workdirs only"
+        )
+    if is_params_dir(path):
+        return load_params(path)
+    read_config(path)  # the clearest error for what is there (missing or foreign config.json)
+    raise ParamsCheckpointError(
+        f"{path} is neither a training workdir (config.json + {CHECKPOINT_DIR}/) nor a params "
+        "checkpoint (config.json + variables/)"
+    )
