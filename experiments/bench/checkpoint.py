@@ -71,9 +71,9 @@ def main() -> None:
     if args.hidden:
         overrides["model.hidden_size"] = args.hidden
     cfg = configs.get(args.config, **overrides)
-    tx = make_optimizer(cfg.train)
-    step = jax.jit(make_train_step(cfg, tx), donate_argnums=0)
-    state = jax.jit(lambda k: init_state(cfg, tx, k))(jax.random.key(0))
+    tx = make_optimizer(cfg.train.optimizer_config())
+    step = jax.jit(make_train_step(cfg.model, cfg.train.step_config(), tx), donate_argnums=0)
+    state = jax.jit(lambda k: init_state(cfg.model, tx, k))(jax.random.key(0))
     batch = _batch(cfg, args.batch, args.seq)
     for _ in range(3):  # compile and warm up
         state, m = step(state, batch)

@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from lingjax.configs import DataConfig
+from lingjax.configs import CorpusSpec, DataConfig
 from lingjax.data import ByteTokenizer, default_corpus, make_train_iterator, write_corpus
 from lingjax.data.documents import CorpusDocuments
 
@@ -98,7 +98,7 @@ def builder_rates(default_dir: str, root: str) -> list[tuple[str, float, float, 
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     from lingjax.data.build import build_corpus
-    from lingjax.data.corpus import stdlib_source_files
+    from lingjax.data.default_corpus import stdlib_source_files
     from lingjax.data.tokenizer import load_tokenizer
 
     src = os.path.join(root, "stdlib.jsonl")
@@ -161,9 +161,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         default_dir = default_corpus(os.path.join(root, "cache"))
         bpe = bpe_like_corpora(default_dir, root)
+        weights = {"code": 0.3, "math": 0.2, "web": 0.5}
         mixture = DataConfig(
-            corpora=",".join(f"{n}={bpe[n]}" for n in ("code", "math", "web")),
-            mixture="code:0.3,math:0.2,web:0.5",
+            mixture=tuple(CorpusSpec(n, bpe[n], w) for n, w in weights.items()),
         )
         fpt = lingjax.flops_per_token(configs.get("ling-mini-2.0").model, 4096)
         gpu = a.mfu * H100_PEAK / fpt

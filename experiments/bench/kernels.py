@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from timing import timed
 
-from lingjax.kernels import gmm, route
+from lingjax.kernels import RoutingSpec, gmm, route
 
 SHAPES = {
     "ling-mini-2.0": dict(
@@ -71,7 +71,7 @@ def routed_group_sizes(T: int, shape: dict, key) -> tuple[jax.Array, jax.Array]:
     """Router logits [T, E] and the group sizes their routing gives."""
     k1, k2 = jax.random.split(key)
     logits = jax.random.normal(k1, (T, shape["E"])) + 0.5 * jax.random.normal(k2, (shape["E"],))
-    r = route(logits, k=shape["k"], impl="reference", **shape["router"])
+    r = route(logits, None, RoutingSpec(k=shape["k"], **shape["router"]), impl="reference")
     return logits, r.counts
 
 
@@ -109,7 +109,8 @@ def bench_shape(name: str, shape: dict, T: int, fns: dict, dtype, repeats: int) 
                 continue
             print(row(f"{impl} {label}", s, mult * flops, dense_tflops))
     for impl in ("reference", "pallas"):
-        fn = jax.jit(functools.partial(route, k=k, impl=impl, **shape["router"]))
+        spec = RoutingSpec(k=k, **shape["router"])
+        fn = jax.jit(functools.partial(route, bias_E=None, spec=spec, impl=impl))
         try:
             s = timed(fn, logits, repeats=repeats)
         except Exception as e:

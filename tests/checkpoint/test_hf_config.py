@@ -1,5 +1,7 @@
-"""config.json <-> ModelConfig: the reading rules of LING_SPEC.md §10.1, the published configs
-against the lingjax presets, and the export side (architecture choice, base configs)."""
+"""config.json <-> ModelConfig: the reading rules of the published modeling code
+(lingjax/checkpoint/hf/config.py, docs/ling_spec.md §10.1), the published configs against the
+lingjax presets, and the export side (architecture choice, refusals, base configs). The logits
+behind these rules are checked against a port of the published forward in test_hf_v2_port.py."""
 
 import dataclasses
 
@@ -7,9 +9,9 @@ import pytest
 
 import lingjax
 from lingjax.checkpoint import HFCheckpointError, from_hf_config, to_hf_config
-from tests.checkpoint import hf_synth
+from tests.support import hf_synth
 
-# inclusionAI/Ling-lite-1.5 config.json, as published (LING_SPEC.md §1.1).
+# inclusionAI/Ling-lite-1.5 config.json, as published (docs/ling_spec.md §1.1).
 LING_LITE_1_5 = {
     "architectures": ["BailingMoeForCausalLM"],
     "attention_dropout": 0.0,
@@ -49,7 +51,7 @@ LING_LITE_1_5 = {
     "output_dropout": 0.0,
 }
 
-# Ling-mini-2.0 (LING_SPEC.md §2.1 table; published checkpoints ship no MTP weights).
+# Ling-mini-2.0 (docs/ling_spec.md §2.1 table; published checkpoints ship no MTP weights).
 LING_MINI_2 = hf_synth.v2_config(
     vocab_size=157184,
     hidden_size=2048,
@@ -96,20 +98,38 @@ def test_published_v2_config_is_the_ling_mini_preset():
     assert _architecture(cfg) == _architecture(dataclasses.replace(preset, num_mtp_layers=0))
 
 
+ABSENT = object()  # the key is not in config.json (None: present, as JSON null)
+
+
 @pytest.mark.parametrize(
     "changes, check",
     [
         ({"head_dim": 0}, lambda c: c.attention.head_dim == 16),
         ({"head_dim": None}, lambda c: c.attention.head_dim == 16),
-        ({"score_function": None}, lambda c: c.moe.score_function == "softmax"),
+        # Absent v2 keys take BailingMoeV2Config's defaults, as the published code reads them.
+        ({"head_dim": ABSENT}, lambda c: c.attention.head_dim == 128),
+        ({"score_function": ABSENT}, lambda c: c.moe.score_function == "sigmoid"),
+        (
+            {"n_group": ABSENT, "topk_group": ABSENT},
+            lambda c: (c.moe.n_group, c.moe.topk_group) == (8, 4),
+        ),
+        ({"use_qk_norm": ABSENT}, lambda c: c.attention.use_qk_norm),
+        ({"first_k_dense_replace": ABSENT}, lambda c: c.first_k_dense == 1),
+        ({"num_shared_experts": ABSENT}, lambda c: c.moe.num_shared_experts == 1),
+        ({"num_key_value_heads": ABSENT}, lambda c: c.attention.num_kv_heads == 4),
+        ({"moe_router_enable_expert_bias": ABSENT}, lambda c: c.moe.use_expert_bias),
+        ({"routed_scaling_factor": ABSENT}, lambda c: c.moe.routed_scaling_factor == 1.0),
+        # Rotary width: whichever of the two keys is there.
         ({"partial_rotary_factor": 0.25}, lambda c: c.attention.rotary_width == 4),
-        ({"rotary_dim": 6, "partial_rotary_factor": 0.5}, lambda c: c.attention.rotary_dim == 6),
-        ({"partial_rotary_factor": None}, lambda c: c.attention.rotary_dim == 0),
-        ({"n_group": 1, "topk_group": 4}, lambda c: (c.moe.n_group, c.moe.topk_group) == (0, 0)),
-        ({"n_group": None}, lambda c: c.moe.n_group == 0),
-        ({"num_experts": None, "n_routed_experts": 16}, lambda c: c.moe.num_experts == 16),
+        ({"rotary_dim": 6, "partial_rotary_factor": ABSENT}, lambda c: c.attention.rotary_dim == 6),
+        ({"rotary_dim": 8, "partial_rotary_factor": 0.5}, lambda c: c.attention.rotary_dim == 8),
+        ({"partial_rotary_factor": ABSENT}, lambda c: c.attention.rotary_dim == 0),
+        # Groups: 0 (the Megatron converter's "none") and 1 both mean plain top-k.
+        ({"n_group": 1, "topk_group": 1}, lambda c: (c.moe.n_group, c.moe.topk_group) == (0, 0)),
+        ({"n_group": 0, "topk_group": 0}, lambda c: c.moe.n_group == 0),
+        ({"num_experts": ABSENT}, lambda c: c.moe.num_experts == 256),
         ({"moe_router_enable_shared_expert": False}, lambda c: c.moe.num_shared_experts == 0),
-        ({"moe_shared_expert_intermediate_size": None}, lambda c: c.moe.shared_width == 32),
+        ({"moe_shared_expert_intermediate_size": ABSENT}, lambda c: c.moe.shared_width == 32),
         ({"eos_token_id": [7, 8]}, lambda c: c.eos_id == 7),
         ({"routed_scaling_factor": None}, lambda c: c.moe.routed_scaling_factor == 1.0),
         ({"num_key_value_heads": None}, lambda c: c.attention.num_kv_heads == 4),
@@ -118,9 +138,46 @@ def test_published_v2_config_is_the_ling_mini_preset():
 )
 def test_reading_rules(changes, check):
     hf = hf_synth.v2_config(**changes)
-    hf = {k: v for k, v in hf.items() if v is not None}
+    hf = {k: v for k, v in hf.items() if v is not ABSENT}
     cfg, _ = from_hf_config(hf)
     assert check(cfg), cfg
+
+
+def test_v1_reads_the_mindie_keys():
+    hf = {
+        k: v
+        for k, v in hf_synth.v1_config().items()
+        if k not in ("num_experts", "num_shared_experts")
+    }
+    cfg, _ = from_hf_config({**hf, "n_routed_experts": 8, "n_shared_experts": 1})
+    assert (cfg.moe.num_experts, cfg.moe.num_shared_experts) == (8, 1)
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"score_function": "softmax"}, "always routes with sigmoid"),
+        ({"rotary_dim": 4, "partial_rotary_factor": 0.5}, "rotary_dim=4 and partial_rotary_factor"),
+        ({"norm_topk_prob": False}, "norm_topk_prob=false"),
+        ({"norm_head": True}, "no NormHead"),
+        ({"n_group": 3, "topk_group": 1}, "n_group=3 must divide num_experts=16"),
+    ],
+)
+def test_v2_configs_the_published_code_reads_otherwise_are_refused(changes, match):
+    with pytest.raises(HFCheckpointError, match=match):
+        from_hf_config(hf_synth.v2_config(**changes))
+
+
+def test_mtp_layout_last_counts_the_mtp_layers_in_num_hidden_layers():
+    append = hf_synth.v2_config(num_hidden_layers=3, num_nextn_predict_layers=1)
+    last = hf_synth.v2_config(num_hidden_layers=4, num_nextn_predict_layers=1)
+    a, _ = from_hf_config(append, mtp_layout="append")
+    b, _ = from_hf_config(last, mtp_layout="last")
+    assert a == b and a.num_layers == 3 and a.num_mtp_layers == 1
+    assert to_hf_config(a)["num_hidden_layers"] == 3
+    assert to_hf_config(a, mtp_layout="last")["num_hidden_layers"] == 4
+    with pytest.raises(HFCheckpointError, match="mtp_layout"):
+        from_hf_config(append, mtp_layout="first")
 
 
 def test_export_picks_the_architecture_and_refuses_impossible_ones():
@@ -128,8 +185,13 @@ def test_export_picks_the_architecture_and_refuses_impossible_ones():
     assert to_hf_config(tiny)["architectures"] == ["BailingMoeForCausalLM"]
     assert to_hf_config(tiny)["auto_map"] == hf_synth.V1_AUTO_MAP
     assert to_hf_config(tiny_v2)["architectures"] == ["BailingMoeV2ForCausalLM"]
-    plain = dataclasses.replace(tiny, norm_head=False)  # v2 can also express a v1-style model
-    assert from_hf_config(to_hf_config(plain, arch="v2"))[0] == plain
+    plain = dataclasses.replace(tiny, norm_head=False)
+    with pytest.raises(HFCheckpointError, match="always routes with sigmoid"):
+        to_hf_config(plain, arch="v2")  # the published v2 code would route it with sigmoid
+    sigmoid = dataclasses.replace(
+        plain, moe=dataclasses.replace(plain.moe, score_function="sigmoid")
+    )
+    assert from_hf_config(to_hf_config(sigmoid, arch="v2"))[0] == sigmoid
     with pytest.raises(HFCheckpointError, match="arch=v1"):
         to_hf_config(tiny, arch="v2")
     with pytest.raises(HFCheckpointError, match="arch=v2"):
@@ -139,6 +201,23 @@ def test_export_picks_the_architecture_and_refuses_impossible_ones():
     for cfg in (tiny, tiny_v2):  # what we write reads back as the same model
         back, _ = from_hf_config(to_hf_config(cfg))
         assert back == cfg
+
+
+def test_v2_exports_are_what_the_published_code_runs():
+    v2 = lingjax.configs.get("tiny-v2").model
+    moe = v2.moe
+    hf = to_hf_config(
+        dataclasses.replace(v2, moe=dataclasses.replace(moe, n_group=0, topk_group=0))
+    )
+    assert (hf["n_group"], hf["topk_group"]) == (1, 1)  # the HF code always runs the grouped path
+    assert hf["rotary_dim"] == 16 and hf["partial_rotary_factor"] == 0.5  # both, consistent
+    for change, match in (
+        (dict(norm_topk_prob=False), "always renormalises"),
+        (dict(shared_expert_dim=24), "moe_intermediate_size \\* num_shared_experts"),
+        (dict(score_function="softmax"), "always routes with sigmoid"),
+    ):
+        with pytest.raises(HFCheckpointError, match=match):
+            to_hf_config(dataclasses.replace(v2, moe=dataclasses.replace(moe, **change)))
 
 
 def test_a_base_config_is_kept_verbatim_or_updated():

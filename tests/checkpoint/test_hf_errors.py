@@ -11,8 +11,13 @@ import pytest
 from safetensors.numpy import save_file
 
 import lingjax
-from lingjax.checkpoint import HFCheckpointError, convert_from_hf, convert_to_hf
-from tests.checkpoint import hf_synth
+from lingjax.checkpoint import (
+    HFCheckpointError,
+    ParamsCheckpointError,
+    convert_from_hf,
+    convert_to_hf,
+)
+from tests.support import hf_synth
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +112,7 @@ def test_missing_and_unexpected_tensors_name_the_mtp_fix(good, tmp_path):
         ({"score_function": "relu"}, "score_function"),
         ({"norm_head": True}, "NormHead"),
         ({"num_experts": 0}, "num_experts"),
-        ({"rope_theta": None}, "rope_theta"),
+        ({"rope_theta": -1.0}, "rope_theta"),  # (an absent one takes the v2 default)
         ({"num_attention_heads": 3}, "num_attention_heads"),
     ],
 )
@@ -157,7 +162,7 @@ def test_missing_config_and_existing_output(good, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(HFCheckpointError, match="already exists and is not empty"):
+    with pytest.raises(ParamsCheckpointError, match="already exists and is not empty"):
         convert_from_hf(d, str(out))
     assert os.listdir(out) == ["keep.txt"]
     os.remove(os.path.join(d, "config.json"))
@@ -166,10 +171,10 @@ def test_missing_config_and_existing_output(good, tmp_path):
 
 def test_export_refuses_variables_that_do_not_match(tmp_path):
     cfg = lingjax.configs.get("tiny", num_layers=2).model
-    from lingjax.checkpoint.hf import leaf_table
+    from lingjax.model import variable_table
 
     variables: dict = {}
-    for leaf, (shape, dtype) in leaf_table(cfg).items():
+    for leaf, (shape, dtype) in variable_table(cfg).items():
         node = variables
         for k in leaf[:-1]:
             node = node.setdefault(k, {})
@@ -178,5 +183,5 @@ def test_export_refuses_variables_that_do_not_match(tmp_path):
     with pytest.raises(HFCheckpointError, match="lm_head"):
         lingjax.save_hf(cfg, variables, str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
-    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+    with pytest.raises(ParamsCheckpointError, match=r"config\.json not found"):
         convert_to_hf(str(tmp_path), str(tmp_path / "y"))

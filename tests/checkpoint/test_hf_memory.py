@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from lingjax.checkpoint.safetensors_io import SafetensorsReader
-from tests.checkpoint import hf_synth
+from lingjax.checkpoint.hf.safetensors_io import SafetensorsReader
+from tests.support import hf_synth
 
 LING_LITE_2_LAYERS = hf_synth.v1_config(
     vocab_size=126464,

@@ -3,7 +3,9 @@ mlx-lm's `bailing_moe` model (Apple's MLX, run on CPU), which serves both
 BailingMoeForCausalLM and BailingMoeV2ForCausalLM checkpoints. fp32, max abs diff <= 1e-4.
 
 mlx-lm has no MTP forward, so the MTP logits are checked against mlx-lm's own decoder layer
-and RMSNorm wired up as LING_SPEC.md §2.3 describes (enorm/hnorm/eh_proj/final_layernorm).
+and RMSNorm wired up as docs/ling_spec.md §2.3 describes (enorm/hnorm/eh_proj/final_layernorm).
+Where mlx-lm reads a config otherwise than the published modeling code, the published code wins
+(test_hf_v2_port.py); the cases here are the configs both read alike.
 """
 
 import functools
@@ -17,8 +19,9 @@ import pytest
 from safetensors.numpy import load_file
 
 import lingjax
+from lingjax.checkpoint import HFCheckpointError
 from lingjax.model import Transformer
-from tests.checkpoint import hf_synth
+from tests.support import hf_synth
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # mlx-lm loads local directories only
 try:
@@ -43,15 +46,15 @@ CASES = {
     ),
     # Sigmoid + expert bias, 4 groups keep 2, scaling 2.5, QK-norm, half rotary, MTP.
     "v2-mtp": hf_synth.v2_config(),
-    # rotary_dim wins over partial_rotary_factor; no groups; no shared expert width override.
-    "v2-rotary-dim": hf_synth.v2_config(
-        rotary_dim=4,
-        partial_rotary_factor=0.5,
-        head_dim=0,
-        n_group=0,
-        topk_group=0,
-        num_nextn_predict_layers=0,
-        moe_shared_expert_intermediate_size=None,
+    # rotary_dim alone (as Ling-1T's config carries it); one group; derived head_dim.
+    "v2-rotary-dim": {
+        **{k: v for k, v in hf_synth.v2_config().items() if k != "partial_rotary_factor"},
+        **dict(rotary_dim=4, head_dim=0, n_group=1, topk_group=1, num_nextn_predict_layers=0),
+    },
+    # a shared expert narrower than the routed ones (mlx-lm and vLLM read the key; the
+    # published v2 code cannot load it, so lingjax imports it but does not export it as v2)
+    "v2-shared-width": hf_synth.v2_config(
+        moe_shared_expert_intermediate_size=24, num_nextn_predict_layers=0
     ),
 }
 
@@ -179,8 +182,12 @@ def test_the_features_under_test_change_the_reference_logits(case):
 def test_export_loads_in_mlx_lm_with_the_same_logits(case, tmp_path):
     """lingjax -> save_hf (config.json derived from the lingjax config, no base) -> mlx-lm's
     own loader gives the same logits."""
-    _, config, _, cfg, variables, tokens, (ours, _) = case
+    name, config, _, cfg, variables, tokens, (ours, _) = case
     out = str(tmp_path / "export")
+    if name == "v2-shared-width":
+        with pytest.raises(HFCheckpointError, match="moe_intermediate_size"):
+            lingjax.save_hf(cfg, variables, out, include_mtp=False)
+        return
     hf = lingjax.save_hf(cfg, variables, out, include_mtp=False, max_shard_size="20KB")
     with open(f"{out}/config.json") as f:
         assert json.load(f) == hf

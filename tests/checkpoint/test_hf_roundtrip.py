@@ -1,6 +1,6 @@
-"""HF -> lingjax -> HF is bit-exact (fp32 and bf16, through the lingjax checkpoint directory
-and through memory), the checkpoint directory restores in Orbax, and tiny blocks/shards
-exercise the streaming paths."""
+"""HF -> lingjax -> HF is bit-exact (fp32 and bf16, through a params checkpoint and through
+memory), the params checkpoint restores in Orbax, and tiny blocks/shards exercise the
+streaming paths."""
 
 import json
 import os
@@ -12,8 +12,9 @@ import pytest
 from safetensors.numpy import load_file
 
 import lingjax
-from lingjax.checkpoint import convert_from_hf, convert_to_hf, load_checkpoint, save_hf, store
-from tests.checkpoint import hf_synth
+from lingjax.checkpoint import convert_from_hf, convert_to_hf, load_params, save_hf
+from lingjax.checkpoint import params as store
+from tests.support import hf_synth
 
 BLOCK = 4096  # bytes: below most tensors, so they move in several blocks and zarr chunks
 
@@ -58,7 +59,8 @@ def test_hf_to_lingjax_dir_to_hf_is_bit_exact(hf_dir, tmp_path):
     src, tensors = hf_dir
     ckpt, out = str(tmp_path / "ckpt"), str(tmp_path / "hf")
     cfg = convert_from_hf(src, ckpt, block_bytes=BLOCK)
-    assert sorted(os.listdir(ckpt)) == ["config.json", "hf_config.json", "variables"]
+    assert sorted(os.listdir(ckpt)) == ["config.json", "hf_config.json", "params.json", "variables"]
+    assert store.read_info(ckpt)["source"] == f"hf:{os.path.basename(src)}"
     assert store.read_config(ckpt) == cfg
     convert_to_hf(ckpt, out, block_bytes=3 * BLOCK, max_shard_size=50_000)
     exported = _read_hf(out)
@@ -80,7 +82,7 @@ def test_memory_round_trip_and_orbax_restore_agree(hf_dir, tmp_path):
     _assert_bit_equal(_read_hf(str(tmp_path / "hf")), tensors)
     ckpt = str(tmp_path / "ckpt")
     convert_from_hf(src, ckpt)
-    cfg2, restored = load_checkpoint(ckpt)  # Orbax's own restore of what we wrote
+    cfg2, restored = load_params(ckpt)  # Orbax's own restore of what we wrote
     assert cfg2 == cfg
     _assert_trees_equal(restored, variables)
 
@@ -110,7 +112,7 @@ def test_export_without_mtp_and_from_an_orbax_written_checkpoint(tmp_path):
     variables = jax.tree.map(jax.numpy.asarray, hf_synth.random_variables(cfg, 1))
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    store.write_config(str(ckpt), cfg, name="orbax")
+    store.write_metadata(str(ckpt), cfg, source="orbax")
     with ocp.StandardCheckpointer() as c:
         c.save(str(ckpt / store.VARIABLES_DIR), variables)
     hf = convert_to_hf(str(ckpt), str(tmp_path / "hf"), include_mtp=False)

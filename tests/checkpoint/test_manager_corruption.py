@@ -10,7 +10,7 @@ import jax
 import pytest
 
 from lingjax.checkpoint import Checkpointer, CheckpointError
-from tests.checkpoint.ckpt_utils import CountingIterator, assert_trees_equal, small_state
+from tests.support.checkpoints import CountingIterator, assert_trees_equal, small_state
 
 ABSTRACT = jax.eval_shape(lambda: small_state(0))
 ITEMS = ("state", "monitor")  # saved without a config item

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.data.corpora import word_tokenizer
+from tests.support.corpora import word_tokenizer
 
 TEXTS = ["the cat sat on the mat", "dog ran far", "héllo 🙂 and unknown words", "", "cat " * 40]
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from lingjax import load_hf
-from lingjax.train import load_run
+from lingjax.checkpoint import load_run
+from tests.support.corpora import word_tokenizer
 
 
 def run(*args, cwd=None):
@@ -93,7 +94,9 @@ def test_train_cli_writes_config_metrics_and_tensorboard(tmp_path, corpus_dir):
         assert key in rows[-1]
     assert rows[-1]["tokens_per_sec"] > 0
     assert any(f.startswith("events") for f in os.listdir(workdir / "tensorboard"))
-    assert "loss" in r.stdout
+    assert "step 3/3 | loss" in r.stdout  # the progress line says where the run is
+    assert "peak_flops_per_device" in r.stdout  # no MFU on CPU, and how to get it
+    assert json.loads((workdir / "tokenizer_record.json").read_text())["kind"] == "byte"
     # The run's newest checkpoint is what generation and the Hugging Face export read.
     _, variables = load_run(workdir)
     hf_dir = tmp_path / "hf"
@@ -106,3 +109,10 @@ def test_train_cli_writes_config_metrics_and_tensorboard(tmp_path, corpus_dir):
     r = run("lingjax.cli.generate", f"--checkpoint={workdir}", "--prompt_ids=5,6,7", "--eos_id=-1")
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.strip().split(",")) == 32  # --max_new_tokens' default
+    # Text prompts use the tokenizer the run recorded; another one is refused, not used.
+    r = run("lingjax.cli.generate", f"--checkpoint={workdir}", "--prompt=def f(", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["text"] is not None
+    other = word_tokenizer(tmp_path / "tokenizer.json")
+    r = run("lingjax.cli.generate", f"--checkpoint={workdir}", "--prompt=x", f"--tokenizer={other}")
+    assert r.returncode == 2 and "was made with byte" in r.stderr, r.stderr

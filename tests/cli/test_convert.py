@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.checkpoint import hf_synth
+from tests.support import hf_synth
+from tests.support.corpora import word_tokenizer
 
 
 def run(*args):
@@ -59,12 +60,17 @@ def test_convert_round_trip_then_generate(hf_dir, tmp_path):
     with open(back / "model.safetensors.index.json") as f:
         assert len(set(json.load(f)["weight_map"].values())) > 1
 
+    # The HF directory had no tokenizer.json, so the checkpoint records none: a text prompt
+    # needs --tokenizer (never a silent byte-tokenizer fallback); token ids do not.
+    r = run("lingjax.cli.generate", f"--checkpoint={ckpt}", "--prompt=hi")
+    assert r.returncode == 2 and "records no tokenizer" in r.stderr, r.stderr[-2000:]
     r = run(
         "lingjax.cli.generate",
         f"--checkpoint={ckpt}",
         "--prompt_ids=5,6,7",
         "--prompt_ids=8",
         "--prompt=hi",
+        "--tokenizer=byte",
         "--max_new_tokens=3",
         "--eos_id=-1",
         "--json",
@@ -86,6 +92,7 @@ def test_convert_round_trip_then_generate(hf_dir, tmp_path):
         (["--from=hf", "--hf_dir=BROKEN", "--out=OUT"], "missing"),
         (["--to=hf", "--checkpoint=HF", "--out=OUT"], "Hugging Face checkpoint"),
         (["--to=hf", "--checkpoint=BROKEN/nope", "--out=OUT"], "not found"),
+        (["--from=hf", "--hf_dir=BADJSON", "--out=OUT"], "config.json is not valid JSON (line 2"),
     ],
 )
 def test_convert_bad_input_exits_2_and_writes_nothing(hf_dir, tmp_path, args, needle):
@@ -95,11 +102,35 @@ def test_convert_bad_input_exits_2_and_writes_nothing(hf_dir, tmp_path, args, ne
     for f in os.listdir(src):
         if not f.startswith("model-00002"):
             os.link(os.path.join(src, f), broken / f)
+    bad_json = tmp_path / "badjson"
+    bad_json.mkdir()
+    (bad_json / "config.json").write_text('{"architectures":\n  [oops]}')
     out = tmp_path / "out"
     args = [
-        a.replace("OUT", str(out)).replace("BROKEN", str(broken)).replace("HF", src) for a in args
+        a.replace("OUT", str(out))
+        .replace("BROKEN", str(broken))
+        .replace("BADJSON", str(bad_json))
+        .replace("HF", src)
+        for a in args
     ]
     r = run("lingjax.cli.convert", *args)
     assert r.returncode == 2, r.stderr[-2000:]
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_a_converted_checkpoint_keeps_the_hf_tokenizer_and_generation_uses_it(hf_dir, tmp_path):
+    src, _ = hf_dir
+    with_tok = tmp_path / "with_tokenizer"
+    with_tok.mkdir()
+    for f in os.listdir(src):
+        os.link(os.path.join(src, f), with_tok / f)
+    word_tokenizer(with_tok / "tokenizer.json")
+    ckpt = tmp_path / "ckpt"
+    r = run("lingjax.cli.convert", "--from=hf", f"--hf_dir={with_tok}", f"--out={ckpt}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((ckpt / "tokenizer_record.json").read_text())["kind"] == "hf"
+    r = run("lingjax.cli.generate", f"--checkpoint={ckpt}", "--prompt=def x", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run("lingjax.cli.generate", f"--checkpoint={ckpt}", "--prompt=x", "--tokenizer=byte")
+    assert r.returncode == 2 and "was made with a tokenizer.json" in r.stderr, r.stderr

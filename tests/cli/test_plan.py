@@ -10,7 +10,7 @@ import pytest
 
 import lingjax
 from lingjax import configs
-from lingjax.parallel.memory import plan_memory
+from lingjax.train.memory import plan_memory
 
 GiB = 2**30
 FP32 = 4

@@ -1,5 +1,5 @@
-"""Presets match the published parameter counts (LING_SPEC §2.5), counted from abstract shapes;
-configs round-trip through JSON; overrides are typed and fail with useful messages."""
+"""Presets match the published parameter counts (docs/ling_spec.md §2.5), counted from abstract
+shapes; configs round-trip through JSON; overrides are typed and fail with useful messages."""
 
 import dataclasses
 import json
@@ -9,7 +9,7 @@ import pytest
 import lingjax
 from lingjax import configs
 
-# Published totals without MTP weights (LING_SPEC §2.5; exact for Ling 2.0).
+# Published totals without MTP weights (docs/ling_spec.md §2.5; exact for Ling 2.0).
 EXACT_TOTALS = {
     "ling-mini-2.0": 16_255_643_392,
     "ling-flash-2.0": 102_889_705_216,
@@ -70,13 +70,39 @@ def test_overrides_are_typed_and_resolved():
         ({"model.moe.score_function": "relu"}, "'softmax', 'sigmoid'"),
         ({"model.moe.n_group": 3}, "must divide num_experts"),
         ({"model.attention.num_kv_heads": 3}, "multiple of"),
-        ({"steps": 0}, "train.steps must be > 0"),
+        ({"steps": 0}, "train.steps=0 must be > 0"),
+        ({"model.hidden_size": -8}, "model.hidden_size=-8 must be a positive integer"),
+        ({"mesh.fsdp": 0}, "mesh.fsdp=0 must be a positive size"),
+        ({"checkpoint.keep": 0}, "checkpoint.keep=0 must be >= 1"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, needle):
     with pytest.raises(configs.ConfigError, match=None) as e:
         configs.get("tiny", **overrides)
     assert needle in str(e.value)
+
+
+# Keys where -7 is a valid value (seeds), everything else must refuse it by name.
+_NEGATIVE_OK = {"train.seed", "data.seed"}
+
+
+def test_every_numeric_key_refuses_a_bad_value_by_name_and_value():
+    """A sweep of Config.validate(): -7 in any numeric field is refused with one ConfigError
+    that names the dotted key and the value (or is a value the key accepts)."""
+    base = configs.get("tiny")
+    checked = 0
+    for path, tp in configs.leaf_paths(configs.Config):
+        if tp not in (int, float) and str(tp) not in ("float | None",):
+            continue
+        try:
+            configs.apply(base, {path: -7})
+        except configs.ConfigError as e:
+            msg = str(e)
+            assert path in msg and "-7" in msg, f"{path}: {msg}"
+            checked += 1
+        else:
+            assert path in _NEGATIVE_OK, f"{path}=-7 was accepted"
+    assert checked > 40
 
 
 def test_unknown_preset_suggests_names():

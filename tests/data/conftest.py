@@ -1,10 +1,15 @@
 """Fixtures: tiny corpora built in temporary directories."""
 
-import numpy as np
 import pytest
 
 from lingjax.data import ByteTokenizer, write_corpus
-from tests.data.corpora import TEXTS, UNIQUE_VOCAB, lengths_by_id, unique_docs
+from tests.support.corpora import (
+    MIXTURE_BASES,
+    MIXTURE_LENGTHS,
+    TEXTS,
+    UNIQUE_VOCAB,
+    unique_docs,
+)
 
 
 @pytest.fixture
@@ -30,24 +35,6 @@ def unique_corpus(tmp_path_factory):
         unique_docs(), out, tokenizer="test", vocab_size=UNIQUE_VOCAB, domain="t", docs_per_shard=6
     )
     return str(out)
-
-
-# Three unique-token corpora of different document lengths (so token and document shares
-# differ): corpus i holds documents with ids 1000 * (base_i + d + 1) + offset.
-MIXTURE_BASES = {"code": 0, "math": 100, "web": 200}
-_rng = np.random.default_rng(0)
-MIXTURE_LENGTHS = {
-    "code": [int(n) for n in _rng.integers(20, 120, 60)],
-    "math": [int(n) for n in _rng.integers(1, 12, 90)],
-    "web": [int(n) for n in _rng.integers(5, 40, 80)],
-}
-
-# {document id: length} over all three (what check_batch needs).
-MIXTURE_DOC_LENGTHS = {
-    d: n
-    for name, base in MIXTURE_BASES.items()
-    for d, n in lengths_by_id(MIXTURE_LENGTHS[name], base).items()
-}
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from lingjax.data import ByteTokenizer, CorpusError, load_tokenizer, read_manifest
 from lingjax.data.build import build_corpus
 from lingjax.data.readers import InputError, ReadStats, find_inputs, infer_format, read_texts
-from tests.data.corpora import records, word_tokenizer
+from tests.support.corpora import records, word_tokenizer
 
 TEXTS = [
     "the cat sat on the mat",

@@ -11,7 +11,7 @@ import pytest
 
 from lingjax.data import ByteTokenizer, CorpusError, default_corpus, read_manifest, write_corpus
 from lingjax.data.corpus import read_document_lengths
-from tests.data.corpora import TEXTS, records
+from tests.support.corpora import TEXTS, records
 
 
 def test_manifest_counts_andrecords(text_corpus):

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from lingjax import configs
-from lingjax.configs import ConfigError, DataConfig
+from lingjax.configs import ConfigError, CorpusSpec, DataConfig
 from lingjax.data import CorpusError, MixtureMeter, make_train_iterator, write_corpus
 from lingjax.data.sources import MixtureSchedule
-from tests.data.conftest import MIXTURE_BASES, MIXTURE_DOC_LENGTHS, MIXTURE_LENGTHS
-from tests.data.corpora import (
+from tests.support.corpora import (
+    MIXTURE_BASES,
+    MIXTURE_DOC_LENGTHS,
+    MIXTURE_LENGTHS,
     UNIQUE_VOCAB,
     check_batch,
     documents_in_order,
@@ -24,8 +26,10 @@ SEQ, BATCH = 16, 8
 
 
 def _cfg(corpora, mixture, **kw):
-    spec = ",".join(f"{n}={d}" for n, d in corpora.items())
-    return DataConfig(corpora=spec, mixture=mixture, **{"prefetch": 0, **kw})
+    """`corpora` ({name: dir}) mixed by `mixture` ("name:weight,..."); unnamed ones are left out."""
+    weights = dict(entry.split(":") for entry in mixture.split(","))
+    specs = tuple(CorpusSpec(n, corpora[n], float(w)) for n, w in weights.items())
+    return DataConfig(mixture=specs, **{"prefetch": 0, **kw})
 
 
 def _iterator(data_cfg, batch=BATCH, **kw):
@@ -181,22 +185,37 @@ def test_zero_weight_corpus_is_not_trained_on(mixture_corpora):
 def test_mixture_config_errors_name_the_key():
     base = configs.get("tiny")
     cases = [
-        ({"data.mixture": "code:0.3,web:0.7"}, "data.corpora does not define"),
-        ({"data.corpora": "code=/c", "data.mixture": "code:x"}, "data.mixture entry 'code:x'"),
-        ({"data.corpora": "code"}, "data.corpora entry 'code' must look like name=DIR"),
-        ({"data.corpora": "a=/a", "data.mixture": "a:1", "data.corpus": "/c"}, "exclusive"),
-        ({"data.corpora": "a=/a,a=/b", "data.mixture": "a:1"}, "names 'a' twice"),
-        ({"data.corpora": "a=/a", "data.mixture": "a:0"}, "at least one weight"),
+        ({"data.mixture": "code:0.3"}, "expected name=DIR:WEIGHT"),
+        ({"data.mixture": "code=/c:-1"}, "weights are finite and >= 0"),
+        ({"data.mixture": "co de=/c:1"}, "corpus name 'co de'"),
+        ({"data.mixture": "a=/a:1", "data.corpus": "/c"}, "exclusive"),
+        ({"data.mixture": "a=/a:1,a=/b:2"}, "names 'a' twice"),
+        ({"data.mixture": "a=/a:0"}, "at least one weight"),
         ({"data.eval_every": 10}, "data.eval_fraction"),
         ({"data.eval_fraction": 1.0}, r"data.eval_fraction=1.0 must be in \[0, 1\)"),
     ]
     for overrides, needle in cases:
         with pytest.raises(ConfigError, match=needle):
             configs.apply(base, overrides)
-    # The CLI form of a mixture parses into the same typed config.
-    cfg = configs.apply(base, {"data.corpora": "web=/w,code=/c", "data.mixture": "web:3,code:1"})
+    # The CLI form of a mixture parses into the typed config (weight 1 if omitted; a ':' in
+    # a path is kept when what follows it is not a weight).
+    cfg = configs.apply(base, {"data.mixture": "web=/w:3,code=/c"})
+    assert cfg.data.mixture == (CorpusSpec("web", "/w", 3.0), CorpusSpec("code", "/c", 1.0))
     assert cfg.data.mixture_weights() == {"code": 0.25, "web": 0.75}
     assert cfg.data.corpus_dirs() == {"web": "/w", "code": "/c"}
+    assert configs.apply(base, {"data.mixture": "g=gs://b/x"}).data.mixture[0].path == "gs://b/x"
+    # A notebook passes the typed value itself, and config.json round-trips it.
+    typed = configs.get("tiny", **{"data.mixture": (CorpusSpec("a", "/a", 2.0),)})
+    assert configs.from_dict(json.loads(configs.to_json(typed))) == typed
+
+
+def test_an_old_config_json_mixture_reads_as_the_typed_one():
+    old = json.loads(configs.to_json(configs.get("tiny")))
+    old["data"].pop("mixture")
+    old["data"]["corpora"] = "web=/w,code=/c"  # the string form of lingjax before 2026-12
+    old["data"]["mixture"] = "web:3,code:1"
+    cfg = configs.from_dict(old)
+    assert cfg.data.mixture == (CorpusSpec("web", "/w", 3.0), CorpusSpec("code", "/c", 1.0))
 
 
 def test_corpora_of_another_tokenizer_are_refused(mixture_corpora, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from lingjax.configs import DataConfig
 from lingjax.data import CorpusError, make_train_iterator, write_corpus
 from lingjax.data.documents import permutation
-from tests.data.corpora import (
+from tests.support.corpora import (
     EOS,
     UNIQUE_LENGTHS,
     UNIQUE_VOCAB,

@@ -10,7 +10,7 @@ import pytest
 
 from lingjax.data import ByteTokenizer, HFTokenizer, TokenizerError, load_tokenizer
 from lingjax.data.tokenizer import tokenizer_fingerprint
-from tests.data.corpora import WORDS, word_tokenizer
+from tests.support.corpora import WORDS, word_tokenizer
 
 
 def test_ids_and_vocab():

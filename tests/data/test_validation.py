@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 
-from lingjax.configs import DataConfig
+from lingjax.configs import CorpusSpec, DataConfig
 from lingjax.data import CorpusError, empty_batch, make_eval_datasets, make_train_iterator
 from lingjax.data.sources import split_documents
-from tests.data.conftest import MIXTURE_BASES, MIXTURE_DOC_LENGTHS, MIXTURE_LENGTHS
-from tests.data.corpora import (
+from tests.support.corpora import (
+    MIXTURE_BASES,
+    MIXTURE_DOC_LENGTHS,
+    MIXTURE_LENGTHS,
     UNIQUE_LENGTHS,
     UNIQUE_VOCAB,
     check_batch,
@@ -63,8 +65,9 @@ def test_held_out_documents_never_reach_training(unique_corpus):
 
 
 def test_each_corpus_of_a_mixture_holds_out_its_own(mixture_corpora):
-    spec = ",".join(f"{k}={v}" for k, v in mixture_corpora.items())
-    cfg = DataConfig(corpora=spec, mixture="code:0.5,math:0,web:0.5", eval_fraction=0.1)
+    weights = {"code": 0.5, "math": 0.0, "web": 0.5}
+    mixture = tuple(CorpusSpec(n, mixture_corpora[n], w) for n, w in weights.items())
+    cfg = DataConfig(mixture=mixture, eval_fraction=0.1)
     sets = _datasets(cfg)
     assert [(n, w) for n, w, _ in sets] == [("code", 0.5), ("math", 0.0), ("web", 0.5)]
     for name, _, ds in sets:

@@ -9,7 +9,7 @@ import pytest
 
 import lingjax
 from lingjax.evaluate import generate, inference_config, init_cache, pad_prompts, sample, step
-from tests.checkpoint.hf_synth import random_variables
+from tests.support.hf_synth import random_variables
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12]]  # different lengths: left padding is exercised
 NEW = 6

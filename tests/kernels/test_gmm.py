@@ -16,8 +16,8 @@ from lingjax.kernels import _impl, gmm
 from lingjax.kernels.gmm import IMPLS, reference
 from lingjax.kernels.gmm.api import Pallas, pallas_gmm
 from lingjax.kernels.gmm.tiling import Tiles
-from tests.kernels.gpu_lowering import MOSAIC_CALL, TRITON_CALL, lower_for_cuda, lower_for_tpu
-from tests.kernels.tolerances import assert_close
+from tests.support.gpu_lowering import MOSAIC_CALL, TRITON_CALL, lower_for_cuda, lower_for_tpu
+from tests.support.tolerances import assert_close
 
 
 def _onehot_MG(group_sizes: np.ndarray, M: int) -> np.ndarray:

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.parallel.helpers import assert_matches, batch, init_variables, loss_and_grads_fn, small
+from tests.support.parallel import assert_matches, batch, init_variables, loss_and_grads_fn, small
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-v2"])

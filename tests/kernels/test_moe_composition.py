@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import pytest
 
 from lingjax.kernels import gmm, permute, route, unpermute
-from tests.kernels.tolerances import assert_close
+from lingjax.kernels.routing import RoutingSpec
+from tests.support.tolerances import assert_close
 
 T, D, F, E, K = 24, 16, 8, 8, 2
 
@@ -40,7 +41,7 @@ def _params(seed: int):
 
 
 def _routing(p, bias, router, impl="reference"):
-    return route(p["x"] @ p["w_router"], bias, k=K, impl=impl, **router)
+    return route(p["x"] @ p["w_router"], bias, RoutingSpec(k=K, **router), impl=impl)
 
 
 def _moe_kernels(p, bias, c, *, router, impl):

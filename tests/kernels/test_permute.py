@@ -16,8 +16,8 @@ from jax.experimental.pallas import tpu as pltpu
 from lingjax.kernels import permute, unpermute
 from lingjax.kernels.permute import IMPLS, reference
 from lingjax.kernels.permute.api import pallas_movers
-from tests.kernels.gpu_lowering import MOSAIC_CALL, TRITON_CALL, lower_for_cuda, lower_for_tpu
-from tests.kernels.tolerances import assert_close
+from tests.support.gpu_lowering import MOSAIC_CALL, TRITON_CALL, lower_for_cuda, lower_for_tpu
+from tests.support.tolerances import assert_close
 
 T, K, E, D = 13, 3, 5, 6
 

@@ -14,11 +14,30 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from lingjax.kernels import Routing, route
-from lingjax.kernels.routing import IMPLS
+from lingjax.kernels import Routing
+from lingjax.kernels.routing import IMPLS, RoutingSpec, route
 from lingjax.kernels.routing.api import route_pallas
-from tests.kernels.gpu_lowering import MOSAIC_CALL, TRITON_CALL, lower_for_cuda, lower_for_tpu
-from tests.kernels.tolerances import assert_close
+from tests.support.gpu_lowering import MOSAIC_CALL, TRITON_CALL, lower_for_cuda, lower_for_tpu
+from tests.support.tolerances import assert_close
+
+
+def _route(logits, bias=None, *, token_mask_T=None, impl="auto", **spec) -> Routing:
+    """`route` with the RoutingSpec fields as keywords (k=..., score_function=...)."""
+    return route(logits, bias, RoutingSpec(**spec), token_mask_T=token_mask_T, impl=impl)
+
+
+def _route_pallas(
+    logits, bias=None, *, token_mask_T=None, layout, interpret=False, block_t=None, **spec
+):
+    return route_pallas(
+        logits,
+        bias,
+        RoutingSpec(**spec),
+        token_mask_T=token_mask_T,
+        layout=layout,
+        interpret=interpret,
+        block_t=block_t,
+    )
 
 
 def _logit(p):
@@ -29,39 +48,42 @@ def _logit(p):
 def test_v1_softmax_topk_hand_case():
     # softmax(log p) = p when p sums to 1: the probabilities are the numbers written here.
     logits = jnp.log(jnp.array([[0.1, 0.2, 0.3, 0.4], [0.4, 0.1, 0.4, 0.1]], jnp.float32))
-    r = route(logits, k=2)
+    r = _route(logits, k=2)
     np.testing.assert_array_equal(r.ids, [[3, 2], [0, 2]])  # tie 0.4/0.4: lowest index first
     assert r.ids.dtype == jnp.int32 and r.weights.dtype == jnp.float32
     assert_close(r.weights, [[4 / 7, 3 / 7], [0.5, 0.5]])
     assert_close(r.scores, [[0.1, 0.2, 0.3, 0.4], [0.4, 0.1, 0.4, 0.1]])
     np.testing.assert_array_equal(r.counts, [1, 0, 2, 1])
 
-    raw = route(logits, k=2, norm_topk_prob=False)
+    raw = _route(logits, k=2, norm_topk_prob=False)
     assert_close(raw.weights, [[0.4, 0.3], [0.4, 0.4]])
-    # v1: no renormalisation when k == 1, even with norm_topk_prob.
-    assert_close(route(logits, k=1).weights, [[0.4], [0.4]])
+    # No renormalisation when k == 1, even with norm_topk_prob (the published v1 code).
+    assert_close(_route(logits, k=1).weights, [[0.4], [0.4]])
 
 
 def test_v1_softmax_runs_in_fp32_for_bf16_logits():
     logits = jnp.log(jnp.array([[0.1, 0.2, 0.3, 0.4]], jnp.float32))
-    r = route(logits.astype(jnp.bfloat16), k=2)
+    r = _route(logits.astype(jnp.bfloat16), k=2)
     assert r.weights.dtype == jnp.float32 and r.scores.dtype == jnp.float32
     np.testing.assert_array_equal(r.ids, [[3, 2]])
 
 
 def test_v2_sigmoid_bias_selects_but_weights_are_unbiased():
     logits = _logit([[0.9, 0.8, 0.3, 0.2]])
-    plain = route(logits, k=2, score_function="sigmoid")
+    plain = _route(logits, k=2, score_function="sigmoid")
     np.testing.assert_array_equal(plain.ids, [[0, 1]])
 
     bias = jnp.array([0.0, 0.0, 0.7, 0.0], jnp.float32)  # biased scores 0.9 0.8 1.0 0.2
-    r = route(logits, bias, k=2, score_function="sigmoid", routed_scaling_factor=2.5)
+    r = _route(logits, bias, k=2, score_function="sigmoid", routed_scaling_factor=2.5)
     np.testing.assert_array_equal(r.ids, [[2, 0]])
     # Unbiased scores 0.3 and 0.9, normalised by their sum 1.2, times 2.5.
     assert_close(r.weights, [[0.3 / 1.2 * 2.5, 0.9 / 1.2 * 2.5]])
     assert_close(r.scores, [[0.9, 0.8, 0.3, 0.2]])  # scores never include the bias
-    unnormed = route(logits, bias, k=2, score_function="sigmoid", norm_topk_prob=False)
+    unnormed = _route(logits, bias, k=2, score_function="sigmoid", norm_topk_prob=False)
     assert_close(unnormed.weights, [[0.3, 0.9]])
+    # One expert: its raw score, never renormalised to 1 (the published v2 code), then scaled.
+    one = _route(logits, bias, k=1, score_function="sigmoid", routed_scaling_factor=2.5)
+    assert_close(one.weights, [[0.3 * 2.5]])
 
 
 # 8 experts in 4 groups of 2. Plain top-2 picks experts 0 (0.95) and 2 (0.60); the group scores
@@ -75,9 +97,9 @@ def test_group_limited_topk_drops_the_plain_topk_expert(score_function):
     s = np.array([_GROUP_SCORES])
     # sigmoid(logit(s)) = s; softmax(log(s)) = s / sum(s): same order, same group ranking.
     logits = _logit(s) if score_function == "sigmoid" else jnp.log(jnp.asarray(s, jnp.float32))
-    plain = route(logits, k=2, score_function=score_function)
+    plain = _route(logits, k=2, score_function=score_function)
     np.testing.assert_array_equal(plain.ids, [[0, 2]])
-    r = route(logits, k=2, score_function=score_function, n_group=4, topk_group=2)
+    r = _route(logits, k=2, score_function=score_function, n_group=4, topk_group=2)
     np.testing.assert_array_equal(r.ids, [[2, 4]])
     assert_close(r.weights, [[0.60 / 1.18, 0.58 / 1.18]])
 
@@ -85,7 +107,7 @@ def test_group_limited_topk_drops_the_plain_topk_expert(score_function):
 def test_group_scores_use_the_biased_scores():
     s = np.array([_GROUP_SCORES])
     bias = jnp.array([0, 0.3, 0, 0, 0, 0, 0, 0], jnp.float32)  # group 0 -> 1.30, kept
-    r = route(_logit(s), bias, k=2, score_function="sigmoid", n_group=4, topk_group=2)
+    r = _route(_logit(s), bias, k=2, score_function="sigmoid", n_group=4, topk_group=2)
     # Kept groups 0 and 1; biased scores 0.95, 0.35, 0.60, 0.55 -> experts 0 and 2.
     np.testing.assert_array_equal(r.ids, [[0, 2]])
     assert_close(r.weights, [[0.95 / 1.55, 0.60 / 1.55]])
@@ -93,8 +115,8 @@ def test_group_scores_use_the_biased_scores():
 
 def test_routed_scaling_multiplies_the_weights():
     logits = jax.random.normal(jax.random.key(0), (6, 8))
-    base = route(logits, k=3, score_function="sigmoid")
-    scaled = route(logits, k=3, score_function="sigmoid", routed_scaling_factor=2.5)
+    base = _route(logits, k=3, score_function="sigmoid")
+    scaled = _route(logits, k=3, score_function="sigmoid", routed_scaling_factor=2.5)
     np.testing.assert_array_equal(base.ids, scaled.ids)
     assert_close(scaled.weights, base.weights * 2.5)
     assert_close(jnp.sum(base.weights, -1), jnp.ones(6))
@@ -113,11 +135,11 @@ def test_counts_only_count_valid_tokens():
         )
     )
     mask = jnp.array([True, False, True, True])
-    r = route(logits, k=2, token_mask_T=mask)
+    r = _route(logits, k=2, token_mask_T=mask)
     np.testing.assert_array_equal(r.ids, [[3, 2], [0, 1], [1, 0], [2, 3]])
     np.testing.assert_array_equal(r.counts, [1, 1, 2, 2])
     assert r.counts.dtype == jnp.int32
-    np.testing.assert_array_equal(route(logits, k=2).counts, [2, 2, 2, 2])
+    np.testing.assert_array_equal(_route(logits, k=2).counts, [2, 2, 2, 2])
 
 
 def _naive_weights(logits, bias, ids, cfg):
@@ -152,10 +174,10 @@ def test_weight_and_score_gradients_match_a_dense_formulation(name):
     bias = jax.random.normal(jax.random.key(2), (E,)) * 0.1
     c_TK = jax.random.normal(jax.random.key(3), (T, k))
     c_TE = jax.random.normal(jax.random.key(4), (T, E))
-    r = route(logits, bias, k=k, **cfg)
+    r = _route(logits, bias, k=k, **cfg)
 
     def loss(lg):
-        out = route(lg, bias, k=k, **cfg)
+        out = _route(lg, bias, k=k, **cfg)
         return jnp.sum(out.weights * c_TK) + jnp.sum(out.scores * c_TE)
 
     def naive_loss(lg):
@@ -170,7 +192,7 @@ def test_weight_and_score_gradients_match_a_dense_formulation(name):
 def test_route_is_jittable_and_ids_are_descending_by_biased_score():
     logits = jax.random.normal(jax.random.key(5), (32, 16))
     bias = jax.random.normal(jax.random.key(6), (16,)) * 0.2
-    f = jax.jit(functools.partial(route, k=4, score_function="sigmoid", n_group=4, topk_group=2))
+    f = jax.jit(functools.partial(_route, k=4, score_function="sigmoid", n_group=4, topk_group=2))
     r = f(logits, bias)
     assert isinstance(r, Routing)
     sel = jnp.take_along_axis(jax.nn.sigmoid(logits) + bias, r.ids, axis=-1)
@@ -182,20 +204,22 @@ def test_route_is_jittable_and_ids_are_descending_by_biased_score():
 def test_unknown_impl_and_bad_arguments_raise_value_errors():
     logits = jax.random.normal(jax.random.key(7), (4, 8))
     with pytest.raises(ValueError, match="valid impls are auto, pallas, ragged_dot, reference"):
-        route(logits, k=2, impl="fast")
+        _route(logits, k=2, impl="fast")
     assert IMPLS == ("auto", "pallas", "ragged_dot", "reference")
-    assert route(logits, k=2, impl="reference").ids.shape == (4, 2)
-    assert route(logits, k=2, impl="ragged_dot").ids.shape == (4, 2)
+    assert _route(logits, k=2, impl="reference").ids.shape == (4, 2)
+    assert _route(logits, k=2, impl="ragged_dot").ids.shape == (4, 2)
     with pytest.raises(ValueError, match="score_function"):
-        route(logits, k=2, score_function="relu")
+        _route(logits, k=2, score_function="relu")
     with pytest.raises(ValueError, match="k=9"):
-        route(logits, k=9)
+        _route(logits, k=9)
     with pytest.raises(ValueError, match="n_group=3"):
-        route(logits, k=2, n_group=3, topk_group=1)
+        _route(logits, k=2, n_group=3, topk_group=1)
     with pytest.raises(ValueError, match="fewer than k=5"):
-        route(logits, k=5, n_group=4, topk_group=2)
+        _route(logits, k=5, n_group=4, topk_group=2)
     with pytest.raises(ValueError, match="bias"):
-        route(logits, jnp.ones((7,)), k=2)
+        _route(logits, jnp.ones((7,)), k=2)
+    with pytest.raises(TypeError, match="RoutingSpec"):
+        route(logits, None, {"k": 2})
 
 
 # --- the Pallas kernel against the reference -------------------------------------------------
@@ -218,6 +242,14 @@ _PALLAS_CASES = {
         jnp.bfloat16,
         True,
         dict(score_function="softmax", n_group=4, topk_group=2),
+    ),
+    "sigmoid-k1": (
+        21,
+        12,
+        1,
+        jnp.float32,
+        True,
+        dict(score_function="sigmoid", routed_scaling_factor=2.5),
     ),
     "sigmoid-unnormed-k1": (
         21,
@@ -264,8 +296,8 @@ def _assert_same_routing(got: Routing, want: Routing):
 @pytest.mark.parametrize("name", list(_PALLAS_CASES))
 def test_pallas_matches_reference_values_and_gradients(name):
     args, kw = _pallas_case(name)
-    want, g_want = _routing_and_grad(functools.partial(route, impl="reference", **kw), *args)
-    got, g_got = _routing_and_grad(functools.partial(route, impl="pallas", **kw), *args)
+    want, g_want = _routing_and_grad(functools.partial(_route, impl="reference", **kw), *args)
+    got, g_got = _routing_and_grad(functools.partial(_route, impl="pallas", **kw), *args)
     _assert_same_routing(got, want)
     assert g_got.dtype == args[0].dtype
     assert_close(g_got, g_want, args[0].dtype)
@@ -280,10 +312,10 @@ def test_pallas_matches_reference_values_and_gradients(name):
 def test_pallas_layouts_with_several_token_blocks(layout, interpret):
     # 16-row blocks over T=37: three programs, the last one overhanging the arrays.
     args, kw = _pallas_case("v2-sigmoid-groups-bias", seed=12)
-    want = route(*args[:2], token_mask_T=args[2], impl="reference", **kw)
-    fn = functools.partial(route_pallas, layout=layout, interpret=interpret, block_t=16, **kw)
+    want = _route(*args[:2], token_mask_T=args[2], impl="reference", **kw)
+    fn = functools.partial(_route_pallas, layout=layout, interpret=interpret, block_t=16, **kw)
     got, g_got = _routing_and_grad(fn, *args)
-    _, g_want = _routing_and_grad(functools.partial(route, impl="reference", **kw), *args)
+    _, g_want = _routing_and_grad(functools.partial(_route, impl="reference", **kw), *args)
     _assert_same_routing(got, want)
     assert_close(g_got, g_want)
 
@@ -304,10 +336,10 @@ def test_pallas_breaks_exact_ties_like_lax_top_k(kw):
     logits = logits.at[0].set(0.5)  # one row all tied
     bias = jnp.asarray([0.0, 0.25, 0.0, 0.25, 0.0, 0.0, 0.25, 0.25], jnp.float32)
     for b in (None, bias):
-        want = route(logits, b, impl="reference", **kw)
-        got = route(logits, b, impl="pallas", **kw)
+        want = _route(logits, b, impl="reference", **kw)
+        got = _route(logits, b, impl="pallas", **kw)
         _assert_same_routing(got, want)
-    np.testing.assert_array_equal(route(logits, impl="pallas", **kw).ids[0], np.arange(kw["k"]))
+    np.testing.assert_array_equal(_route(logits, impl="pallas", **kw).ids[0], np.arange(kw["k"]))
 
 
 def test_pallas_kernel_lowers_for_cuda_and_tpu_forward_and_backward():
@@ -320,7 +352,7 @@ def test_pallas_kernel_lowers_for_cuda_and_tpu_forward_and_backward():
     def fwd_bwd(layout):
         def f(logits, bias, mask):
             def loss(lg):
-                r = route_pallas(lg, bias, token_mask_T=mask, layout=layout, **kw)
+                r = _route_pallas(lg, bias, token_mask_T=mask, layout=layout, **kw)
                 return jnp.sum(r.weights) + jnp.sum(r.scores[:, 0]), r.ids
 
             return jax.value_and_grad(loss, has_aux=True)(logits)

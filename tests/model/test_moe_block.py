@@ -9,7 +9,7 @@ import pytest
 
 from lingjax.configs import MoEConfig
 from lingjax.model.moe import MoEBlock
-from tests.model.naive import dense_moe, naive_select
+from tests.support.naive_moe import dense_moe, naive_select
 
 V1 = MoEConfig(num_experts=8, num_experts_per_tok=3, expert_dim=24, num_shared_experts=2)
 V2 = MoEConfig(

@@ -64,7 +64,7 @@ def test_packed_mtp_logits_equal_documents_one_by_one():
 
 def test_scanned_stacks_and_logical_axes():
     cfg = lingjax.configs.get("tiny-v2").model
-    boxed = lingjax.api.abstract_variables(cfg)
+    boxed = lingjax.model.abstract_variables(cfg)
     p = boxed["params"]
     assert p["dense_layers"]["attn"]["qkv"].value.shape == (1, 128, 4 + 2 * 2, 32)
     moe = p["moe_layers"]["moe"]

@@ -14,7 +14,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from lingjax import parallel
-from tests.parallel.helpers import (
+from lingjax.model import abstract_variables
+from tests.support.parallel import (
     assert_matches,
     batch,
     init_variables,
@@ -79,7 +80,7 @@ def test_loss_and_grads_match_single_device(reference, mesh_shape):
     rows = parallel.batch_sharding(mesh)
     cases, fns, args, in_sh, out_sh = [], [], [], [], []
     for name in NAMES:
-        var = parallel.variable_shardings(small(name).model, mesh)
+        var = parallel.variable_shardings(abstract_variables(small(name).model), mesh)
         params, buffers, b, _, _ = reference[name]
         placed = (
             jax.device_put(params, var["params"]),

@@ -121,7 +121,7 @@ def test_two_processes_train_like_one(tmp_path, corpus_dir, monkeypatch):
     np.testing.assert_allclose(two, one, rtol=LOSS_RTOL)
     assert two[-1] < two[0]
     # Only process 0 logs: progress lines and "done" on its stdout, nothing on process 1's.
-    assert f"step {STEPS:>6} | loss" in outs[0]
+    assert f"step {STEPS}/{STEPS} | loss" in outs[0]
     assert "| loss" not in outs[1]
     saved = os.listdir(workdir / "checkpoints" / str(STEPS) / "data_iter")
     assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(saved)  # each its data state

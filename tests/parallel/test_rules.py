@@ -7,8 +7,8 @@ from jax.sharding import PartitionSpec
 
 from lingjax import configs, parallel
 from lingjax.configs import ConfigError, MeshConfig
-from lingjax.parallel import distributed
-from lingjax.parallel.memory import abstract_mesh
+from lingjax.model import abstract_variables
+from lingjax.parallel import abstract_mesh, distributed
 from lingjax.parallel.rules import ACTIVATIONS, PARAMS, ShardingRuleError, spec
 
 
@@ -33,10 +33,10 @@ def test_two_dims_on_one_mesh_axis_are_rejected():
 def test_every_model_variable_has_a_placement():
     mesh = abstract_mesh({"data": 1, "fsdp": 2, "expert": 4, "tensor": 2})
     for name in ("tiny", "tiny-v2", "ling-mini-2.0"):
-        shardings = parallel.variable_shardings(configs.get(name).model, mesh)
+        shardings = parallel.variable_shardings(abstract_variables(configs.get(name).model), mesh)
         leaves = jax.tree.leaves(shardings)
         assert leaves and all(s.mesh.shape_tuple == mesh.shape_tuple for s in leaves)
-    v2 = parallel.variable_shardings(configs.get("tiny-v2").model, mesh)
+    v2 = parallel.variable_shardings(abstract_variables(configs.get("tiny-v2").model), mesh)
     assert v2["buffers"]["moe_layers"]["moe"]["router"]["expert_bias"].spec == PartitionSpec(
         None, "expert"
     )

@@ -1,4 +1,4 @@
-"""The sharded training path (lingjax.parallel.shard_training, what the loop runs): the state is
+"""The sharded training path (lingjax.train.shard_training, what the loop runs): the state is
 created already split (optimizer state like its params, the expert bias over experts), one step
 matches the single-device step, and bad meshes fail with one clear error before compiling."""
 
@@ -9,10 +9,9 @@ from jax.sharding import PartitionSpec
 
 from lingjax import configs, parallel
 from lingjax.configs import ConfigError
-from lingjax.train import init_state, make_optimizer, make_train_step
-from lingjax.train.state import abstract_state
+from lingjax.train import init_state, make_optimizer, make_train_step, shard_training
 from lingjax.train.step import controls
-from tests.parallel.helpers import batch, small
+from tests.support.parallel import batch, small
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # see test_equivalence.py
 
@@ -22,8 +21,10 @@ def test_sharded_init_and_step_match_one_device():
         "tiny-v2",
         **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.expert": 2, "model.moe.ep_transport": "ring"},
     )
-    tx = make_optimizer(cfg.train)
-    run = parallel.shard_training(cfg, tx, init_state, make_train_step, abstract_state(cfg, tx))
+    tx = make_optimizer(cfg.train.optimizer_config())
+    step_cfg = cfg.train.step_config()
+    mesh = parallel.make_mesh(cfg.mesh)
+    run = shard_training(cfg.model, step_cfg, tx, mesh, cfg.train.batch_size)
     assert (run.data_index, run.data_count) == (0, 1)  # one process loads the whole batch
     key = jax.random.key(0)
     state = run.init.lower(key).compile(FAST_COMPILE)(key)
@@ -36,13 +37,13 @@ def test_sharded_init_and_step_match_one_device():
     assert bias.sharding.spec == PartitionSpec(None, "expert")
     assert state.step.sharding.is_fully_replicated
 
-    ref_init = jax.jit(lambda rng: init_state(cfg, tx, rng))
+    ref_init = jax.jit(lambda rng: init_state(cfg.model, tx, rng))
     ref_state = ref_init.lower(key).compile(FAST_COMPILE)(key)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params), strict=True):
         np.testing.assert_array_equal(a, b)  # the same random numbers, only laid out
 
     b = batch(cfg)
-    ref_step = jax.jit(make_train_step(cfg, tx)).lower(ref_state, b, controls())
+    ref_step = jax.jit(make_train_step(cfg.model, step_cfg, tx)).lower(ref_state, b, controls())
     ref_new, ref_m = ref_step.compile(FAST_COMPILE)(ref_state, b, controls())
     args = (state, run.put_batch(b), controls())
     new, m = run.lower_step(*args).compile(FAST_COMPILE)(*args)
@@ -74,8 +75,7 @@ def test_sharded_init_and_step_match_one_device():
 def test_bad_meshes_fail_before_compiling(tmp_path, overrides, needle):
     from lingjax.train import train
 
-    cfg = configs.get("tiny", **overrides)
-    with pytest.raises(ConfigError, match=needle) as e:
-        train(cfg, str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=needle) as e:  # from the config itself, or its mesh
+        train(configs.get("tiny", **overrides), str(tmp_path / "run"))
     assert "\n" not in str(e.value)  # one clear line
     assert not (tmp_path / "run").exists()  # nothing written

@@ -128,3 +128,21 @@ def records(corpus_dir, manifest):
         out += [np.frombuffer(r, dtype) for r in reader.read_all()]
         reader.close()
     return out
+
+
+# Three unique-token corpora of different document lengths (so token and document shares
+# differ): corpus i holds documents with ids 1000 * (base_i + d + 1) + offset.
+MIXTURE_BASES = {"code": 0, "math": 100, "web": 200}
+_rng = np.random.default_rng(0)
+MIXTURE_LENGTHS = {
+    "code": [int(n) for n in _rng.integers(20, 120, 60)],
+    "math": [int(n) for n in _rng.integers(1, 12, 90)],
+    "web": [int(n) for n in _rng.integers(5, 40, 80)],
+}
+
+# {document id: length} over all three (what check_batch needs).
+MIXTURE_DOC_LENGTHS = {
+    d: n
+    for name, base in MIXTURE_BASES.items()
+    for d, n in lengths_by_id(MIXTURE_LENGTHS[name], base).items()
+}

@@ -1,5 +1,5 @@
 """Synthetic Hugging Face Ling checkpoints for tests, written with the `safetensors` library
-(not with lingjax's writer) from key names spelled out here after LING_SPEC.md §1.3 / §2.4.
+(not with lingjax's writer) from key names spelled out here after docs/ling_spec.md §1.3 / §2.4.
 
 Weights are random with fan-in scaling so activations and logits are O(1) (a wrong transpose
 or a wrong split changes the logits by O(1), far above the test tolerances).
@@ -61,7 +61,8 @@ def v1_config(**overrides) -> dict:
 
 def v2_config(**overrides) -> dict:
     """A tiny Ling 2.0 config.json: sigmoid + expert bias, 4 groups keep 2, routed scaling,
-    QK-norm, half-rotary RoPE, a dense first layer, one MTP layer."""
+    QK-norm, half-rotary RoPE, a dense first layer, one MTP layer; every key the published
+    code reads is spelled out (absent ones would take BailingMoeV2Config's defaults)."""
     cfg = {
         "architectures": ["BailingMoeV2ForCausalLM"],
         "auto_map": {
@@ -99,7 +100,7 @@ def v2_config(**overrides) -> dict:
         "router_dtype": "fp32",
         "norm_topk_prob": True,
         "moe_intermediate_size": 32,
-        "moe_shared_expert_intermediate_size": 24,
+        "moe_shared_expert_intermediate_size": 32,
         "first_k_dense_replace": 1,
         "num_nextn_predict_layers": 1,
         "initializer_range": 0.02,
@@ -197,11 +198,11 @@ BF16 = ml_dtypes.bfloat16
 def random_variables(model_cfg, seed: int = 0, std: float = 1.0) -> dict:
     """Random lingjax variables with the model's tree, shapes and dtypes (no init compile):
     norm scales around 1, everything else normal(0, std)."""
-    from lingjax.checkpoint.hf import leaf_table
+    from lingjax.model import variable_table
 
     rng = np.random.default_rng(seed)
     tree: dict = {}
-    for leaf, (shape, dtype) in leaf_table(model_cfg).items():
+    for leaf, (shape, dtype) in variable_table(model_cfg).items():
         node = tree
         for k in leaf[:-1]:
             node = node.setdefault(k, {})

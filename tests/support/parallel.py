@@ -10,11 +10,10 @@ gradient leaf to 2e-5 of its own largest entry.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lingjax import configs
-from lingjax.model import BUFFERS, Transformer
+from lingjax.model import BUFFERS, Transformer, init_boxed, join
 from lingjax.train.losses import total_loss
 
 LOSS_RTOL = 2e-6
@@ -52,9 +51,8 @@ def loss_and_grads_fn(cfg):
     t = cfg.train
 
     def loss(params, buffers, batch):
-        variables = {"params": params, BUFFERS: buffers} if buffers else {"params": params}
         logits, aux = model.apply(
-            variables, batch["tokens"], batch["segment_ids"], batch["positions"]
+            join(params, buffers), batch["tokens"], batch["segment_ids"], batch["positions"]
         )
         value, _ = total_loss(
             logits,
@@ -74,8 +72,7 @@ def init_variables(cfg, seed: int = 0):
     """Unboxed {"params", "buffers"}; a random expert bias so that it matters for routing."""
     import flax.linen as nn
 
-    init = jax.jit(lambda key: Transformer(cfg.model).init({"params": key}, jnp.zeros((1, 8), int)))
-    variables = nn.unbox(init(jax.random.key(seed)))
+    variables = nn.unbox(jax.jit(lambda key: init_boxed(cfg.model, key))(jax.random.key(seed)))
     buffers = jax.tree.map(
         lambda b: 0.01 * jax.random.normal(jax.random.key(seed + 1), b.shape, b.dtype),
         variables.get(BUFFERS, {}),

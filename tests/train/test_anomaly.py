@@ -1,5 +1,5 @@
-"""Training anomalies (LING_SPEC §3.4): the in-step detector, the host policy, and end to end:
-an injected NaN batch and loss spike are skipped and retried (the recurring spike with a lower
+"""Training anomalies (docs/ling_spec.md §3.4): the in-step detector, the host policy, and end to
+end: an injected NaN batch and loss spike are skipped and retried (the recurring spike with a lower
 LR) and the run ends within noise of a clean one; a preemption with a batch waiting in the retry
 queue resumes exactly; N anomalies in a row roll back to the last good checkpoint.
 
@@ -21,9 +21,10 @@ from lingjax.train.metrics import read_metrics
 from lingjax.train.replay import RetryFeeder
 from lingjax.train.state import abstract_state
 from lingjax.train.timing import SlowStepDetector
-from tests.checkpoint.ckpt_utils import CountingIterator, assert_trees_equal
+from tests.support.checkpoints import CountingIterator, assert_trees_equal
 
 ACFG = AnomalyConfig(warmup_steps=5, retry_delay=3, rollback_after=3, max_rollbacks=1)
+SPIKE = ACFG.spike_config()  # what the compiled step judges with
 
 
 # ---------------------------------------------------------------------------- units
@@ -32,16 +33,16 @@ ACFG = AnomalyConfig(warmup_steps=5, retry_delay=3, rollback_after=3, max_rollba
 def test_judge_flags_nonfinite_always_and_spikes_after_warmup():
     stats = SpikeStats.zeros()
     for x in (4.0, 4.1, 3.9, 4.05, 3.95):
-        v = judge(stats, jnp.float32(x), jnp.float32(1.0), ACFG)
+        v = judge(stats, jnp.float32(x), jnp.float32(1.0), SPIKE)
         assert not v.spike and not v.nonfinite and float(v.loss_z) == 0.0  # warming up
         stats = observe(stats, jnp.float32(x), jnp.float32(1.0 + x / 100), True, ACFG.ema_decay)
-    assert not judge(stats, jnp.float32(4.1), jnp.float32(1.04), ACFG).spike
-    big = judge(stats, jnp.float32(9.0), jnp.float32(1.04), ACFG)
+    assert not judge(stats, jnp.float32(4.1), jnp.float32(1.04), SPIKE).spike
+    big = judge(stats, jnp.float32(9.0), jnp.float32(1.04), SPIKE)
     assert big.spike and float(big.loss_z) > ACFG.loss_z
-    assert judge(stats, jnp.float32(4.0), jnp.float32(50.0), ACFG).spike  # grad norm alone
-    nan = judge(stats, jnp.float32(jnp.nan), jnp.float32(1.0), ACFG)
+    assert judge(stats, jnp.float32(4.0), jnp.float32(50.0), SPIKE).spike  # grad norm alone
+    nan = judge(stats, jnp.float32(jnp.nan), jnp.float32(1.0), SPIKE)
     assert nan.nonfinite and not nan.spike
-    assert judge(SpikeStats.zeros(), jnp.float32(1.0), jnp.float32(jnp.inf), ACFG).nonfinite
+    assert judge(SpikeStats.zeros(), jnp.float32(1.0), jnp.float32(jnp.inf), SPIKE).nonfinite
     # Anomalous values never enter the statistics.
     kept = observe(stats, jnp.float32(jnp.nan), jnp.float32(1.0), False, ACFG.ema_decay)
     assert_trees_equal(kept, stats)
@@ -134,7 +135,7 @@ def _events(workdir):
 
 
 def _final_state(workdir, cfg):
-    abstract = abstract_state(cfg, make_optimizer(cfg.train))
+    abstract = abstract_state(cfg.model, make_optimizer(cfg.train.optimizer_config()))
     ckpt_dir = os.path.join(workdir, "checkpoints")
     return restore(ckpt_dir, abstract, step=cfg.train.steps, items=("state",)).state
 

@@ -55,7 +55,7 @@ def test_schedules_warm_up_then_follow_their_shape(schedule):
         decay_fraction=0.2,
         decay_shape="1-sqrt",
     )
-    lr = np.array([float(make_schedule(cfg)(s)) for s in range(100)])
+    lr = np.array([float(make_schedule(cfg.schedule_config())(s)) for s in range(100)])
     np.testing.assert_allclose(lr[:10], np.arange(1, 11) / 10, rtol=1e-6)
     assert lr[10] == pytest.approx(1.0, rel=1e-3)
     if schedule == "constant":
@@ -79,7 +79,7 @@ def test_wsd_decay_shapes_end_at_the_floor(shape):
         decay_fraction=0.5,
         decay_shape=shape,
     )
-    sched = make_schedule(cfg)
+    sched = make_schedule(cfg.schedule_config())
     assert float(sched(0)) == pytest.approx(2.0)
     assert float(sched(25)) == pytest.approx(2.0)
     assert float(sched(50)) == pytest.approx(0.5, rel=1e-5)

@@ -21,7 +21,7 @@ from lingjax.train import make_optimizer
 from lingjax.train.metrics import read_metrics
 from lingjax.train.preemption import PreemptionWatcher
 from lingjax.train.state import abstract_state
-from tests.checkpoint.ckpt_utils import assert_trees_equal
+from tests.support.checkpoints import assert_trees_equal
 
 STEPS = 20
 EVERY = 3
@@ -92,7 +92,7 @@ def _deterministic(rows):
 
 def _final_state(workdir, corpus_dir):
     cfg = configs.get("tiny", **{**OVERRIDES, "data.corpus": corpus_dir})
-    abstract = abstract_state(cfg, make_optimizer(cfg.train))
+    abstract = abstract_state(cfg.model, make_optimizer(cfg.train.optimizer_config()))
     ckpt_dir = os.path.join(workdir, "checkpoints")
     return restore(ckpt_dir, abstract, step=STEPS, items=("state",)).state
 
@@ -161,8 +161,10 @@ def test_a_conflicting_config_is_refused_before_anything_is_written(
         timeout=600,
     )
     assert r.returncode == 2, r.stderr[-3000:]
-    assert "train.lr: 0.003 -> 0.01" in r.stderr and "--allow_config_change" in r.stderr
-    assert "train.steps" not in r.stderr  # resumable: not part of the complaint
+    # A new peak LR moves the LR of the 20 steps already trained: refused, saying so.
+    assert "train.lr 0.003 -> 0.01 would change the learning rate" in r.stderr
+    assert "--allow_config_change" in r.stderr
+    assert "train.steps 20" not in r.stderr  # resumable: not part of the complaint
     assert (baseline / "config.json").read_text() == before
 
 

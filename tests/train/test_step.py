@@ -29,9 +29,9 @@ def _batch(cfg, seed=0, B=2, L=32):
 
 def test_step_updates_expert_bias_from_its_counts_and_is_deterministic():
     cfg = configs.get("tiny-v2", **{"train.expert_bias_rate": 0.01})
-    tx = make_optimizer(cfg.train)
-    step = jax.jit(make_train_step(cfg, tx))
-    state = init_state(cfg, tx, jax.random.key(0))
+    tx = make_optimizer(cfg.train.optimizer_config())
+    step = jax.jit(make_train_step(cfg.model, cfg.train.step_config(), tx))
+    state = init_state(cfg.model, tx, jax.random.key(0))
     # A non-zero starting bias, so the selection depends on it.
     state = state.replace(
         buffers=jax.tree.map(
