@@ -1,20 +1,53 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported) and shared fixtures."""
+"""Test setup: 8 fake CPU devices and a compilation cache shared by every test process (both set
+before jax is imported), parallel workers, and shared fixtures.
+
+The suite runs in parallel workers (pytest-xdist, `-n auto` in pyproject.toml, at most 4) with
+whole test files kept on one worker, so a file's module fixtures are built once. Compiled
+programs go to a persistent JAX cache in a temporary directory made for this run and shared by
+the workers and by the CLI subprocesses the tests start: a program compiled once (the tiny
+train step, say) loads in a fraction of the time in the next process that needs it. The cache
+is removed at the end of the run; a run never reuses an earlier run's cache.
+"""
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_OWN_CACHE = "LINGJAX_TEST_JAX_CACHE" not in os.environ  # the first process of the run makes it
+if _OWN_CACHE:
+    os.environ["LINGJAX_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="lingjax-test-jax-cache-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["LINGJAX_TEST_JAX_CACHE"]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
-import jax
+import jax  # noqa: E402
 
+# A pytest plugin may have imported jax before this file ran (then it read its config from the
+# environment already): set the cache explicitly too. Subprocesses read the environment.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 jax.config.update("jax_default_matmul_precision", "highest")
 
 import pathlib  # noqa: E402
 import sysconfig  # noqa: E402
 
 import pytest  # noqa: E402
+
+MAX_WORKERS = 4  # each worker holds 8 fake devices and its own compiles: memory bounds this
+
+
+def pytest_xdist_auto_num_workers(config):
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ["LINGJAX_TEST_JAX_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

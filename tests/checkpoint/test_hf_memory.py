@@ -1,4 +1,4 @@
-"""Streaming: converting a checkpoint with Ling-lite's layer shapes (2 layers, bf16, 3.4 GB)
+"""Streaming: converting a checkpoint with Ling-lite's layer shapes (1 layer, bf16, 2.2 GB)
 costs at most 2x its largest tensor (the 518 MB embedding) above the process baseline, in
 both directions. Measured in fresh subprocesses from /proc/self/status (VmRSS before the
 conversion, VmHWM after)."""
@@ -23,7 +23,7 @@ LING_LITE_2_LAYERS = hf_synth.v1_config(
     vocab_size=126464,
     hidden_size=2048,
     intermediate_size=5632,
-    num_hidden_layers=2,
+    num_hidden_layers=1,
     num_attention_heads=16,
     num_key_value_heads=4,
     head_dim=128,
@@ -129,8 +129,8 @@ def test_conversion_peak_memory_is_bounded_by_the_largest_tensor(tmp_path):
     hf, ckpt, back = (os.path.join(work, n) for n in ("hf", "ckpt", "back"))
     checked = (
         "lm_head.weight",
-        "model.layers.1.attention.query_key_value.weight",
-        "model.layers.1.mlp.experts.63.down_proj.weight",
+        "model.layers.0.attention.query_key_value.weight",
+        "model.layers.0.mlp.experts.63.down_proj.weight",
         "model.layers.0.mlp.gate.weight",
     )
     try:
@@ -139,7 +139,7 @@ def test_conversion_peak_memory_is_bounded_by_the_largest_tensor(tmp_path):
         names = sorted(src.entries)
         largest = max(e.nbytes for e in src.entries.values())
         total = sum(e.nbytes for e in src.entries.values())
-        assert largest == 126464 * 2048 * 2 and total > 3e9
+        assert largest == 126464 * 2048 * 2 and total > 4 * largest  # the model >> one tensor
         expected = _digests(hf, checked)
         for direction, a, b in (("from_hf", hf, ckpt), ("to_hf", ckpt, back)):
             m = _measure(direction, a, b)
@@ -154,4 +154,4 @@ def test_conversion_peak_memory_is_bounded_by_the_largest_tensor(tmp_path):
         assert sorted(SafetensorsReader(back).entries) == names
         assert _digests(back, checked) == expected
     finally:
-        shutil.rmtree(work, ignore_errors=True)  # up to ~7 GB
+        shutil.rmtree(work, ignore_errors=True)  # up to ~4.5 GB

@@ -54,7 +54,8 @@ def _write(tmp_path, name: str, config: dict, seed: int = 3) -> str:
     """A checkpoint whose config.json is `config` exactly; its tensors are those of the full
     synthetic config (a dropped key changes how they are read, not what is stored)."""
     hf_dir = str(tmp_path / name)
-    hf_synth.write_hf_checkpoint(hf_dir, {**hf_synth.v2_config(), **config}, seed=seed)
+    full = {**hf_synth.v2_config(**{k: config[k] for k in _SMALL if k in config}), **config}
+    hf_synth.write_hf_checkpoint(hf_dir, full, seed=seed)
     with open(os.path.join(hf_dir, "config.json"), "w") as f:
         json.dump(config, f)
     return hf_dir
@@ -74,22 +75,29 @@ def _drop(config: dict, *keys: str) -> dict:
     return {k: v for k, v in config.items() if k not in keys}
 
 
+# Beside the reference case, 2 layers (a dense one and a MoE one) and no MTP: each case compiles
+# its own model, and the reading rule under test is in the MoE layer's router or the attention.
+_SMALL = dict(num_hidden_layers=2, num_nextn_predict_layers=0)
+
+
+def _small(**changes) -> dict:
+    return hf_synth.v2_config(**{**_SMALL, **changes})
+
+
 IMPORT_CASES = {
     # the reference case: groups, expert bias, QK-norm, half RoPE, a dense layer, MTP
     "v2": hf_synth.v2_config(),
     # one routed expert: the published code does not renormalise a single weight
-    "sigmoid-k1": hf_synth.v2_config(num_experts_per_tok=1),
+    "sigmoid-k1": _small(num_experts_per_tok=1),
     # keys the published code never reads, or reads with its config class's defaults
-    "no-routing-keys": _drop(
-        hf_synth.v2_config(), "score_function", "n_group", "topk_group", "norm_topk_prob"
-    ),
+    "no-routing-keys": _drop(_small(), "score_function", "n_group", "topk_group", "norm_topk_prob"),
     "default-scaling-and-bias-flag": _drop(
-        hf_synth.v2_config(), "routed_scaling_factor", "moe_router_enable_expert_bias"
+        _small(), "routed_scaling_factor", "moe_router_enable_expert_bias"
     ),
     # both rotary keys, consistent
-    "both-rotary-keys": hf_synth.v2_config(rotary_dim=8, partial_rotary_factor=0.5),
+    "both-rotary-keys": _small(rotary_dim=8, partial_rotary_factor=0.5),
     # groups of 1 kept of 1: plain top-k
-    "one-group": hf_synth.v2_config(n_group=1, topk_group=1),
+    "one-group": _small(n_group=1, topk_group=1),
 }
 
 
@@ -146,8 +154,8 @@ def _rewrite(hf_dir: str, tensors: dict[str, np.ndarray], config: dict) -> None:
 def test_an_expert_bias_with_the_flag_off_is_read_only_if_zero(tmp_path):
     """The published code adds mlp.gate.expert_bias whatever moe_router_enable_expert_bias says."""
     d = str(tmp_path / "flag-off")
-    tensors = hf_synth.write_hf_checkpoint(d, hf_synth.v2_config(), seed=3)
-    flag_off = hf_synth.v2_config(moe_router_enable_expert_bias=False)
+    tensors = hf_synth.write_hf_checkpoint(d, _small(), seed=3)
+    flag_off = _small(moe_router_enable_expert_bias=False)
     _rewrite(d, tensors, flag_off)
     with pytest.raises(HFCheckpointError, match="moe_router_enable_expert_bias=false"):
         lingjax.load_hf(d)
@@ -172,7 +180,7 @@ EXPORT_CASES = {
 
 @pytest.mark.parametrize("name", list(EXPORT_CASES))
 def test_exports_run_in_the_published_code_with_the_same_logits(tmp_path, name):
-    base = lingjax.configs.get("tiny-v2", vocab_size=96).model
+    base = lingjax.configs.get("tiny-v2", vocab_size=96, num_layers=2).model
     cfg = EXPORT_CASES[name](base)
     variables = hf_synth.random_variables(cfg, seed=1, std=0.2)
     out = str(tmp_path / "export")

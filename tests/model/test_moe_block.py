@@ -30,7 +30,7 @@ def _setup(cfg, seed):
     block = MoEBlock(cfg, init_std=0.2)
     x = jax.random.normal(jax.random.key(seed), (B, L, D))
     valid = jnp.ones((B, L), bool)
-    variables = nn.unbox(block.init(jax.random.key(seed + 1), x, valid))
+    variables = nn.unbox(jax.jit(block.init)(jax.random.key(seed + 1), x, valid))
     if cfg.use_expert_bias:  # a non-zero bias, so it really takes part in the selection
         bias = jax.random.normal(jax.random.key(seed + 2), (cfg.num_experts,)) * 0.05
         variables["buffers"]["router"]["expert_bias"] = bias
@@ -67,7 +67,7 @@ def _naive(cfg, variables, x):
 @pytest.mark.parametrize("cfg", [V1, V2], ids=["v1-softmax", "v2-sigmoid-bias-group"])
 def test_block_matches_dense_moe(cfg):
     block, variables, x, valid = _setup(cfg, 0)
-    out, aux = block.apply(variables, x, valid)
+    out, aux = jax.jit(block.apply)(variables, x, valid)
     ref, ids = _naive(cfg, variables, x)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     counts = np.bincount(ids.reshape(-1), minlength=cfg.num_experts)
@@ -100,8 +100,8 @@ def test_block_gradients_match_dense_moe(cfg):
         )
         return jnp.sum(out * jnp.sin(out))
 
-    g_ours = jax.grad(ours, argnums=(0, 1))(variables["params"], x)
-    g_ref = jax.grad(naive, argnums=(0, 1))(variables["params"], x)
+    g_ours = jax.jit(jax.grad(ours, argnums=(0, 1)))(variables["params"], x)
+    g_ref = jax.jit(jax.grad(naive, argnums=(0, 1)))(variables["params"], x)
     for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -115,7 +115,7 @@ def test_capacity_factor_drops_and_counts():
         capacity_factor=0.5,
     )
     block, variables, x, valid = _setup(cfg, 5)
-    out, aux = block.apply(variables, x, valid)
+    out, aux = jax.jit(block.apply)(variables, x, valid)
     T, k, E = x.shape[0] * x.shape[1], 2, 4
     cap = int(np.ceil(0.5 * T * k / E))
     counts = np.asarray(aux["counts"])

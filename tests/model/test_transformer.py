@@ -32,9 +32,14 @@ def test_packed_batch_equals_documents_one_by_one(model):
     assert packed.dtype == jnp.float32 and packed.shape == (1, L, cfg.vocab_size)
     start = 0
     for d in docs:
-        alone = lingjax.forward(cfg, variables, d[None])
+        # The document alone at the start of a row, the rest padding (segment 0: never
+        # attended to): the same shape as the packed row, so one compiled forward serves both.
+        alone_tokens = np.zeros((1, L), np.int32)
+        alone_tokens[0, : len(d)] = d
+        alone_seg = (np.arange(L) < len(d)).astype(np.int32)[None]
+        alone = lingjax.forward(cfg, variables, alone_tokens, alone_seg)
         np.testing.assert_allclose(
-            packed[0, start : start + len(d)], alone[0], rtol=2e-5, atol=2e-5
+            packed[0, start : start + len(d)], alone[0, : len(d)], rtol=2e-5, atol=2e-5
         )
         start += len(d)
 
@@ -47,10 +52,14 @@ def test_packed_mtp_logits_equal_documents_one_by_one():
     docs = [rng.integers(3, cfg.vocab_size, n) for n in (6, 8)]
     tokens = np.concatenate(docs)[None].astype(np.int32)
     seg = np.concatenate([np.full(len(d), i + 1) for i, d in enumerate(docs)])[None]
-    _, aux = model.apply(variables, tokens, jnp.asarray(seg, jnp.int32))
+    apply = jax.jit(model.apply)
+    L = tokens.shape[1]
+    _, aux = apply(variables, tokens, jnp.asarray(seg, jnp.int32))
     start = 0
     for d in docs:
-        _, aux1 = model.apply(variables, jnp.asarray(d[None], jnp.int32))
+        alone = np.zeros((1, L), np.int32)
+        alone[0, : len(d)] = d
+        _, aux1 = apply(variables, alone, jnp.asarray((np.arange(L) < len(d))[None], jnp.int32))
         # The last position's MTP input is the next document's token (its label is masked).
         n = len(d) - 1
         np.testing.assert_allclose(

@@ -31,7 +31,7 @@ def test_step_updates_expert_bias_from_its_counts_and_is_deterministic():
     cfg = configs.get("tiny-v2", **{"train.expert_bias_rate": 0.01})
     tx = make_optimizer(cfg.train.optimizer_config())
     step = jax.jit(make_train_step(cfg.model, cfg.train.step_config(), tx))
-    state = init_state(cfg.model, tx, jax.random.key(0))
+    state = jax.jit(lambda key: init_state(cfg.model, tx, key))(jax.random.key(0))
     # A non-zero starting bias, so the selection depends on it.
     state = state.replace(
         buffers=jax.tree.map(
@@ -49,7 +49,7 @@ def test_step_updates_expert_bias_from_its_counts_and_is_deterministic():
     ):
         np.testing.assert_array_equal(a, b)
 
-    _, aux = Transformer(cfg.model).apply(
+    _, aux = jax.jit(Transformer(cfg.model).apply)(
         {"params": state.params, BUFFERS: state.buffers},
         batch["tokens"],
         batch["segment_ids"],

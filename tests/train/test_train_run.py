@@ -20,6 +20,7 @@ def test_thirty_steps_loss_falls(tmp_path, corpus_dir, name):
             "train.batch_size": 8,
             "train.seq_len": 128,
             "data.corpus": corpus_dir,
+            "mesh.data": 1,  # the loop end to end; meshes are tested in tests/parallel
         },
     )
     summary = train(cfg, str(tmp_path))
