@@ -28,8 +28,9 @@ def small(name: str, **overrides):
     return configs.get(name, **{**base, **overrides})
 
 
-def batch(cfg, seed: int = 0) -> dict[str, np.ndarray]:
+def batch(cfg, seed: int = 0, rows: int = B, length: int = L) -> dict[str, np.ndarray]:
     """Two packed documents per row, with an ignored label at the boundary."""
+    B, L = rows, length
     rng = np.random.default_rng(seed)
     tokens = rng.integers(3, cfg.model.vocab_size, (B, L + 1)).astype(np.int32)
     seg = np.ones((B, L), np.int32)

@@ -9,22 +9,7 @@ from lingjax import configs
 from lingjax.model import BUFFERS, Transformer, moe_counts_by_bias_path
 from lingjax.model.router import warmup_logits
 from lingjax.train import expert_bias_update, init_state, make_optimizer, make_train_step
-
-
-def _batch(cfg, seed=0, B=2, L=32):
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(3, cfg.model.vocab_size, (B, L + 1)).astype(np.int32)
-    seg = np.ones((B, L), np.int32)
-    seg[:, L // 2 :] = 2
-    labels = tokens[:, 1:].copy()
-    labels[:, L // 2 - 1] = -1
-    pos = np.concatenate([np.arange(L // 2), np.arange(L - L // 2)])[None].repeat(B, 0)
-    return {
-        "tokens": tokens[:, :-1],
-        "labels": labels,
-        "segment_ids": seg,
-        "positions": pos.astype(np.int32),
-    }
+from tests.support.parallel import batch as support_batch
 
 
 def test_step_updates_expert_bias_from_its_counts_and_is_deterministic():
@@ -38,7 +23,7 @@ def test_step_updates_expert_bias_from_its_counts_and_is_deterministic():
             lambda b: jax.random.normal(jax.random.key(1), b.shape) * 0.01, state.buffers
         )
     )
-    batch = _batch(cfg)
+    batch = support_batch(cfg, rows=2, length=32)
     new, metrics = step(state, batch)
     again, metrics2 = step(state, batch)
     pure = (new.params, new.buffers, new.opt_state, metrics)
