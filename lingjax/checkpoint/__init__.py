@@ -26,6 +26,7 @@ from lingjax.checkpoint.hf import (
 from lingjax.checkpoint.manager import (
     Checkpointer,
     CheckpointError,
+    CheckpointSaveError,
     Restored,
     default_shardings,
     restore,
@@ -52,6 +53,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "CONFIG_FILE",
     "CheckpointError",
+    "CheckpointSaveError",
     "Checkpointer",
     "HFCheckpointError",
     "ParamsCheckpointError",

@@ -22,13 +22,17 @@ changed model or code than damaged files.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import json
+import logging
 import os
 import shutil
+import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +40,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from lingjax.checkpoint import checksums
 from lingjax.configs.base import CheckpointConfig
 
 if TYPE_CHECKING:
@@ -43,10 +48,72 @@ if TYPE_CHECKING:
 
 COMMIT_MARKER = "commit_success.txt"  # written by orbax as the last file of a committed step
 STEP_METADATA = "_CHECKPOINT_METADATA"
+CHECKSUMS = "lingjax_checksums.json"  # sizes and CRC-32s of the step's files (checksums.py)
 
 
 class CheckpointError(RuntimeError):
     """No checkpoint could be restored; the message lists why for each."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """A save failed (a full disk, permissions, a vanished mount); its partial files were
+    removed and every earlier checkpoint is intact. The message says where, which step, and how
+    to resume."""
+
+
+_NO_SPACE = ("No space left", "RESOURCE_EXHAUSTED", "ENOSPC", "Disk quota exceeded")
+
+
+def _quiet_abandoned_writes(log_path: str):
+    """An unraisable-exception hook for what a failed orbax save leaves behind: tensorstore
+    callbacks of its abandoned writes land on orbax's closed event loop and are reported as
+    unraisable (RuntimeError: Event loop is closed), one traceback each; those go to
+    `log_path`, everything else to the previous hook."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and "Event loop is closed" in str(value):
+            with contextlib.suppress(OSError), open(log_path, "a") as f:
+                traceback.print_exception(
+                    unraisable.exc_type, value, unraisable.exc_traceback, file=f
+                )
+            return
+        previous(unraisable)
+
+    return previous, hook
+
+
+def _du(path: str) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+class _OrbaxErrorsToFile(logging.Filter):
+    """Orbax logs a failed background save from several threads, each with a traceback; those
+    go to `path` (one file per run's checkpoint directory), and the user reads one error."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or "orbax" not in (record.pathname or ""):
+            return True
+        try:
+            with open(self.path, "a") as f:
+                f.write(logging.Formatter().format(record) + "\n")
+        except OSError:  # the disk may be what is full: drop the details, keep the run's error
+            pass
+        return False
 
 
 @dataclasses.dataclass
@@ -133,6 +200,29 @@ def validate_step(directory: str | os.PathLike, step: int, items: Sequence[str])
     for item in items:
         if item not in handlers or not os.path.isdir(os.path.join(path, item)):
             raise ValueError(f"item {item!r} is missing")
+    sums = os.path.join(path, CHECKSUMS)
+    if os.path.isfile(sums):  # checkpoints of lingjax before 2026-12 have none
+        try:
+            with open(sums) as f:
+                expected = json.load(f)["files"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"unreadable {CHECKSUMS}: {first_line(e)}") from e
+        checksums.verify(path, expected, under=items)
+
+
+def seal_step(directory: str | os.PathLike, step: int) -> None:
+    """Records the checksums of committed checkpoint `step` (once; primary process only)."""
+    path = os.path.join(os.fspath(directory), str(step))
+    target = os.path.join(path, CHECKSUMS)
+    if jax.process_index() != 0 or os.path.exists(target) or not os.path.isdir(path):
+        return
+    files = checksums.file_checksums(path, skip=(CHECKSUMS,))
+    tmp = f"{target}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"algorithm": "crc32", "files": files}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
 
 
 def first_line(e: BaseException) -> str:
@@ -178,6 +268,15 @@ class Checkpointer:
         settle = getattr(self._mgr, "_maybe_await_cleanup_tmp_directory", None)
         if settle is not None:
             settle()
+        self._saving: int | None = None  # the step of the save in flight, if any
+        self._failed = False  # a save failed and was reported: later waits have nothing to add
+        self._unsealed: list[int] = []  # committed-or-in-flight saves without checksums yet
+        self._filter = None
+        if not read_only:
+            log_path = os.path.join(os.path.dirname(self.directory), "checkpoint_errors.log")
+            self._filter = _OrbaxErrorsToFile(log_path)
+            logging.getLogger("absl").addFilter(self._filter)
+            self._previous_hook, sys.unraisablehook = _quiet_abandoned_writes(log_path)
 
     # ------------------------------------------------------------------------ save
 
@@ -199,6 +298,7 @@ class Checkpointer:
     ) -> bool:
         """Starts saving `step` (returns once the arrays are copied off the devices; the files
         are written in the background). False if that step is already saved."""
+        self.wait()  # a failure of the previous save is reported here, before starting another
         if step in self._mgr.all_steps():
             return False
         items: dict[str, Any] = {"state": ocp.args.StandardSave(state)}
@@ -211,14 +311,81 @@ class Checkpointer:
             items["monitor"] = ocp.args.JsonSave(monitor)
         if config is not None:
             items["config"] = ocp.args.JsonSave(config)
-        return self._mgr.save(step, args=ocp.args.Composite(**items), force=True)
+        self._saving = step
+        try:
+            started = self._mgr.save(step, args=ocp.args.Composite(**items), force=True)
+        except Exception as e:  # orbax and tensorstore raise many types
+            raise self._save_failed(step, e) from None
+        if started:
+            self._unsealed.append(step)
+        else:
+            self._saving = None
+        return started
 
     def wait(self) -> None:
-        """Blocks until every started save is committed."""
-        self._mgr.wait_until_finished()
+        """Blocks until every started save is committed; CheckpointSaveError if one failed."""
+        if self._failed:
+            return
+        try:
+            self._mgr.wait_until_finished()
+        except Exception as e:
+            step, self._saving = self._saving, None
+            raise self._save_failed(step, e) from None
+        self._saving = None
+        # Committed: record what was written (retention may have removed some already).
+        for step in self._unsealed:
+            try:
+                seal_step(self.directory, step)
+            except OSError as e:
+                raise self._save_failed(step, e) from None
+        self._unsealed.clear()
+
+    def _save_failed(self, step: int | None, e: BaseException) -> CheckpointSaveError:
+        """The one error a failed save becomes, after removing its partial files."""
+        self._saving, self._failed = None, True
+        partial = (
+            [
+                os.path.join(self.directory, name)
+                for name in os.listdir(self.directory)
+                if name.split(".")[0] == str(step) and "tmp" in name
+            ]
+            if os.path.isdir(self.directory)
+            else []
+        )
+        for path in partial:
+            shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            self._mgr.reload()
+        kept = saved_steps(self.directory)
+        where = f"checkpoint {step} to {self.directory}" if step is not None else self.directory
+        text = " ".join(str(e).split())
+        if any(m in text for m in _NO_SPACE) or getattr(e, "errno", None) == 28:
+            need = _du(os.path.join(self.directory, str(kept[-1]))) if kept else 0
+            free = shutil.disk_usage(self.directory).free if os.path.isdir(self.directory) else 0
+            size = f" (a checkpoint takes about {_mib(need)}; {_mib(free)} free)" if need else ""
+            why = f"no space left on the device writing {where}{size}"
+            fix = "Free space there (or lower checkpoint.keep / keep_every_steps)"
+        else:
+            why = f"could not write {where}: {text[:300]}"
+            fix = "Fix the cause (permissions, the mount)"
+        if kept:
+            state = f"checkpoints {', '.join(map(str, kept))} are intact"
+            resume = f"rerun the same command to resume from step {kept[-1]}"
+        else:
+            state, resume = "no earlier checkpoint exists", "rerun the same command (from step 0)"
+        details = f" (details: {self._filter.path})" if self._filter else ""
+        return CheckpointSaveError(
+            f"{why}. Removed the partial save; {state}. {fix}, then {resume}{details}."
+        )
 
     def close(self) -> None:
-        self._mgr.close()
+        # A failed save was reported by wait(); closing after it has nothing more to say.
+        with contextlib.suppress(Exception):
+            self._mgr.close()
+        if self._filter is not None and not self._failed:  # after a failure: kept until exit
+            logging.getLogger("absl").removeFilter(self._filter)
+            sys.unraisablehook = self._previous_hook
+            self._filter = None
 
     # ------------------------------------------------------------------------ restore
 
@@ -290,12 +457,14 @@ class Checkpointer:
                     step, abstract_state, target_shardings, data_iter=data_iter, items=items
                 )
             except Exception as e:  # orbax and tensorstore raise many types
-                failed.append((step, first_line(e)))
-                self._log(f"checkpoint {step} cannot be restored: {first_line(e)}")
+                failed.append((step, first_line(e)))  # reported once it is clear what is used
                 continue
             for bad, reason in failed:
                 self.discard(bad, "corrupt")
-                self._log(f"checkpoint {bad} was corrupt ({reason}); resumed from {step}")
+                self._log(
+                    f"checkpoint {bad} is damaged ({reason}); moved to {self.discard_dir}, "
+                    f"using checkpoint {step}"
+                )
             restored.failed = failed
             return restored
         if failed:

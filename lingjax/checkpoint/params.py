@@ -2,7 +2,8 @@
 tokenizer it was trained with. `convert --from=hf` and merging write it; `generate`,
 `convert --to=hf`, evaluation and post-training read it (as they read training workdirs).
 
-    DIR/params.json           {"format": "lingjax-params", "version": 1, "source": ...}
+    DIR/params.json           {"format": "lingjax-params", "version": 1, "source": ...,
+                              "checksums": {file of variables/: {"size", "crc32"}}}
     DIR/config.json           the lingjax `Config` as JSON (its `model` is the architecture)
     DIR/variables/            an Orbax PyTree checkpoint of {"params": ..., "buffers": ...}
     DIR/tokenizer_record.json the tokenizer (lingjax.data.tokenizer), with tokenizer.json for
@@ -16,7 +17,8 @@ filled one chunk at a time (peak host memory ~ one block, never a whole stacked 
 Orbax restores it like any checkpoint it wrote (`load_params`, optionally sharded), and
 `open_arrays` reads slices of any Orbax PyTree checkpoint (OCDBT or not, e.g. a training
 run's) without loading whole arrays. A checkpoint is built in a sibling `.partial-*` directory
-and renamed into place when complete (`staged_dir`), so a failed write leaves nothing.
+and renamed into place when complete (`staged_dir`), so a failed write leaves nothing. Every
+reader checks the checksums first (`verify_params`): a damaged file is one clear error.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import jax
 import numpy as np
 import tensorstore as ts
 
+from lingjax.checkpoint import checksums
 from lingjax.configs import Config, ConfigError, ModelConfig, from_dict, to_json
 from lingjax.data.tokenizer import (
     RECORD_FILE,
@@ -171,6 +174,9 @@ def write_metadata(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **(extra or {}),
     }
+    variables = os.path.join(directory, VARIABLES_DIR)
+    if os.path.isdir(variables):  # the arrays are written before the metadata
+        info["checksums"] = checksums.file_checksums(variables)
     with open(os.path.join(directory, INFO_FILE), "w") as f:
         json.dump(info, f, indent=1)
         f.write("\n")
@@ -299,6 +305,22 @@ def read_info(directory: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
+def verify_params(directory: str | os.PathLike) -> None:
+    """ParamsCheckpointError naming the file if variables/ differs from what was written (a
+    checkpoint written before checksums existed passes)."""
+    directory = os.fspath(directory)
+    sums = read_info(directory).get("checksums")
+    if sums is None:
+        return
+    try:
+        checksums.verify(os.path.join(directory, VARIABLES_DIR), sums)
+    except ValueError as e:
+        raise ParamsCheckpointError(
+            f"{directory} is damaged: {VARIABLES_DIR}/{e}; restore it from a copy, or convert or "
+            "merge it again"
+        ) from None
+
+
 def load_params(
     directory: str | os.PathLike, shardings: Any = None
 ) -> tuple[ModelConfig, dict[str, Any]]:
@@ -310,7 +332,7 @@ def load_params(
 
     directory = os.fspath(directory)
     cfg = read_config(directory)
-    read_info(directory)
+    verify_params(directory)
     abstract = nn.unbox(abstract_variables(cfg))
     if shardings is None:
         shardings = jax.tree.map(
@@ -340,5 +362,6 @@ __all__ = [
     "read_info",
     "save_params",
     "staged_dir",
+    "verify_params",
     "write_metadata",
 ]

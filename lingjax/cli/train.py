@@ -12,6 +12,7 @@ only resumable keys change (train.steps, logging, checkpoint cadence, ...) or
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import flags, logging
@@ -26,6 +27,13 @@ flags.DEFINE_bool(
     False,
     "Resume a workdir even though the config differs from its config.json in keys that change "
     "what a step computes (model, optimizer, data). Resumable keys never need it.",
+)
+flags.DEFINE_bool(
+    "takeover_workdir",
+    False,
+    "Take the workdir over from the run that holds its writer lock, although its lease has not "
+    "expired: only when that run is gone for good (a lost node). A lock of a dead process on "
+    "this host, or one whose heartbeat stopped, is taken over without it.",
 )
 flags.DEFINE_string(
     "inject_faults",
@@ -43,7 +51,8 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     if not FLAGS.workdir:
         common.usage_error("--workdir is required (e.g. --workdir=runs/tiny)")
-    from lingjax.checkpoint import CheckpointError
+    from lingjax.checkpoint import CheckpointError, CheckpointSaveError
+    from lingjax.checkpoint.lock import WorkdirLockedError
     from lingjax.configs import ConfigError
     from lingjax.data import CorpusError, TokenizerError
     from lingjax.train import FaultPlan, TrainingAnomalyError, train  # nothing heavy before
@@ -55,10 +64,21 @@ def main(argv: list[str]) -> None:
     common.init_distributed()  # before anything touches the devices
     try:
         summary = train(
-            cfg, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change, faults=faults
+            cfg,
+            FLAGS.workdir,
+            allow_config_change=FLAGS.allow_config_change,
+            faults=faults,
+            takeover=FLAGS.takeover_workdir,
         )
-    except (ConfigError, CorpusError, TokenizerError) as e:  # raised before anything is written
+    except (ConfigError, CorpusError, TokenizerError, WorkdirLockedError) as e:
+        # raised before anything is written (a lost lock: the run stopped at a boundary)
         common.usage_error(str(e))
+    except CheckpointSaveError as e:  # a full disk, say: the run stopped, nothing is lost
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Orbax's abandoned background writes would print their tracebacks at interpreter
+        # exit; the run is closed (metrics, data, checkpoints), so leave without them.
+        os._exit(1)
     except (CheckpointError, TrainingAnomalyError) as e:  # the message says what to do
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -310,7 +310,12 @@ def read_manifest(corpus_dir: str | os.PathLike) -> Manifest:
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except json.JSONDecodeError as e:
+        raise CorpusError(
+            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); rebuild the "
+            "corpus"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
         raise CorpusError(f"cannot read {path} ({e}); rebuild the corpus") from e
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CorpusError(

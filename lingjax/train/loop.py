@@ -29,8 +29,10 @@ import numpy as np
 
 from lingjax import parallel
 from lingjax.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, Checkpointer
+from lingjax.checkpoint.lock import WorkdirLock, WorkdirLockedError
 from lingjax.configs import (
     Config,
+    ConfigError,
     MeshConfig,
     ModelConfig,
     OptimizerConfig,
@@ -146,6 +148,7 @@ def train(
     allow_config_change: bool = False,
     faults: FaultPlan | None = None,
     target_shardings: Any = None,
+    takeover: bool = False,
 ) -> dict[str, Any]:
     """Train `cfg` until cfg.train.steps steps in `workdir`, resuming what is there.
 
@@ -155,12 +158,16 @@ def train(
       faults: fault injection for tests and drills (`FaultPlan.parse("nan@5")`); None in runs.
       target_shardings: where to place the state (a TrainState of shardings on the mesh of
         cfg.mesh); None = the layout of lingjax.parallel's rules.
+      takeover: take the workdir's writer lock over even while its lease looks fresh (the
+        holder's node was lost); a lock left by a dead process is taken over anyway.
 
     Returns the last logged metrics (host floats) plus "first_loss", "resumed_from" and
     "preempted" (True if a signal stopped the run after saving). Every problem with the config,
     the workdir or the data is raised before anything is written to the workdir.
     """
     cfg.validate()
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir={workdir} is a file, not a directory; pass a directory")
     parallel.check_config(cfg, parallel.mesh_shape(cfg.mesh, jax.device_count()))
     cfg, _ = check_resume_config(workdir, cfg, allow_change=allow_config_change)
     # A missing or foreign corpus, or ids past the vocabulary, fail here (CorpusError), before
@@ -168,19 +175,52 @@ def train(
     sources = open_sources(cfg.data, vocab_size=cfg.model.vocab_size, split="train")
     if warning := schedule_overrun(cfg):
         print(f"warning: {warning}")
-    if jax.process_index() == 0:
-        write_config(cfg, workdir)
-        save_run_tokenizer(cfg.data, sources, workdir)
-    run = _Run(cfg, workdir, faults or FaultPlan(), sharded_run(cfg, target_shardings))
+    lock = _lock_workdir(workdir, takeover)  # one writer: a second run stops here
     try:
-        return run.run()
+        if jax.process_index() == 0:
+            write_config(cfg, workdir)
+            save_run_tokenizer(cfg.data, sources, workdir)
+        run = _Run(cfg, workdir, faults or FaultPlan(), sharded_run(cfg, target_shardings), lock)
+        try:
+            return run.run()
+        finally:
+            run.close()
     finally:
-        run.close()
+        if lock is not None:
+            lock.release()
+
+
+def _lock_workdir(workdir: str, takeover: bool) -> WorkdirLock | None:
+    """Process 0 takes the workdir's writer lock; every process learns whether it could."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = WorkdirLock.acquire(workdir, takeover=takeover)
+        except WorkdirLockedError as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+        if not int(ok) and error is None:
+            error = WorkdirLockedError(
+                f"{workdir} is locked by another run (process 0 of this job says so)"
+            )
+    if error is not None:
+        raise error
+    return lock
 
 
 class _Run:
-    def __init__(self, cfg: Config, workdir: str, faults: FaultPlan, par: ShardedTraining):
-        self.cfg, self.workdir, self.faults, self.par = cfg, workdir, faults, par
+    def __init__(
+        self,
+        cfg: Config,
+        workdir: str,
+        faults: FaultPlan,
+        par: ShardedTraining,
+        lock: WorkdirLock | None = None,
+    ):
+        self.cfg, self.workdir, self.faults, self.par, self.lock = cfg, workdir, faults, par, lock
         self.t = cfg.train
         self.acfg = cfg.train.anomaly
         self.writer = None
@@ -278,6 +318,8 @@ class _Run:
             save = stop or last or (every > 0 and step % every == 0)
             evaluate = self.evaluator is not None and self.evaluator.due(step, last)
             log = step % t.log_every == 0 or last or evaluate
+            if self.lock is not None and (save or log):
+                self.lock.check()  # another run took the workdir over: stop writing it
             if pending is not None and (save or log):
                 if self._process(pending):
                     step, pending = self._rollback(None, step), None

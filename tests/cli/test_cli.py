@@ -116,3 +116,11 @@ def test_train_cli_writes_config_metrics_and_tensorboard(tmp_path, corpus_dir):
     other = word_tokenizer(tmp_path / "tokenizer.json")
     r = run("lingjax.cli.generate", f"--checkpoint={workdir}", "--prompt=x", f"--tokenizer={other}")
     assert r.returncode == 2 and "was made with byte" in r.stderr, r.stderr
+
+
+def test_a_workdir_that_is_a_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "notadir"
+    path.write_text("keep me")
+    r = run("lingjax.cli.train", "--config=tiny", f"--workdir={path}")
+    assert r.returncode == 2 and "is a file, not a directory" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and path.read_text() == "keep me"

@@ -424,6 +424,7 @@ def convert_to_hf(
     reading the arrays block by block. The source's hf_config.json (if any) is the base of the
     new config.json, so an unchanged model round-trips to the same config."""
     cfg = store.read_config(checkpoint_dir)
+    store.verify_params(checkpoint_dir)
     arrays = store.open_arrays(os.path.join(checkpoint_dir, store.VARIABLES_DIR))
     dtypes = {leaf: dt for leaf, (_, dt) in variable_table(cfg).items()}
     base = None

@@ -68,7 +68,14 @@ def _parse_header(path: str) -> dict[str, TensorEntry]:
         n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
         if not 0 < n <= min(_MAX_HEADER, size - 8):
             raise SafetensorsError(f"{path} is not a safetensors file (bad header length)")
-        header = json.loads(f.read(n))
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SafetensorsError(
+                f"{path} has a damaged header ({e}); download this shard again"
+            ) from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path} has a damaged header (not a JSON object)")
     entries = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -131,8 +138,14 @@ class SafetensorsReader:
         """The shard paths, and the index's weight map (None without an index)."""
         index = os.path.join(directory, INDEX_FILE)
         if os.path.exists(index):
-            with open(index) as f:
-                weight_map = json.load(f).get("weight_map") or {}
+            try:
+                with open(index) as f:
+                    weight_map = json.load(f).get("weight_map") or {}
+            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+                raise SafetensorsError(
+                    f"{index} is not a valid index ({e}); download it again, or delete it to "
+                    "read every *.safetensors file of the directory"
+                ) from None
             names = sorted(set(weight_map.values()))
             missing = [n for n in names if not os.path.isfile(os.path.join(directory, n))]
             if missing:
