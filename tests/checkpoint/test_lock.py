@@ -104,6 +104,7 @@ def test_two_runs_on_one_workdir(tmp_path, corpus_dir):
         "train.seq_len": 32,
         "checkpoint.every_steps": 5,
         "mesh.data": 1,
+        "train.schedule_steps": 1000,  # the shared host-logic config (see test_resume.py)
         "data.corpus": corpus_dir,
     }
 

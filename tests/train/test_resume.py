@@ -33,22 +33,21 @@ OVERRIDES = {
     "train.seq_len": 32,
     "checkpoint.every_steps": EVERY,
     "checkpoint.keep": 2,
+    # The shared host-logic config (also test_save_failures.py, test_lock.py): one schedule
+    # length, so every process compiles the same step and loads it from the run's JAX cache.
+    "train.schedule_steps": 1000,
 }
 TIMING = {"tokens_per_sec", "mfu", "step_time", "data_wait_frac", "slow_steps"}
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax_cache")
     return {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
         # One CPU device (a laptop): the 8 fake devices of the test process would split the
         # batch 8 ways on 2 cores; the sharded restore is covered in tests/checkpoint.
         "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
 
 

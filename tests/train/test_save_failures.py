@@ -24,6 +24,7 @@ OVERRIDES = {
     "checkpoint.every_steps": 5,
     "checkpoint.keep": 10,
     "mesh.data": 1,
+    "train.schedule_steps": 1000,  # the shared host-logic config (see test_resume.py)
 }
 
 

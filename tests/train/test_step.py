@@ -13,7 +13,8 @@ from tests.support.parallel import batch as support_batch
 
 
 def test_step_updates_expert_bias_from_its_counts_and_is_deterministic():
-    cfg = configs.get("tiny-v2", **{"train.expert_bias_rate": 0.01})
+    # 2 layers: a dense one and a MoE one, plus the MTP layer (also MoE, its own bias).
+    cfg = configs.get("tiny-v2", **{"train.expert_bias_rate": 0.01, "model.num_layers": 2})
     tx = make_optimizer(cfg.train.optimizer_config())
     step = jax.jit(make_train_step(cfg.model, cfg.train.step_config(), tx))
     state = jax.jit(lambda key: init_state(cfg.model, tx, key))(jax.random.key(0))

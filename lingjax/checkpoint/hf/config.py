@@ -76,6 +76,7 @@ _HF_NAMES = {
     "model.moe.topk_group": "topk_group",
     "model.first_k_dense": "first_k_dense_replace",
     "model.eos_id": "eos_token_id",
+    "model.vocab_size": "vocab_size",
     "num_experts=": "num_experts=",
     "num_layers=": "num_hidden_layers=",
     "vocab_size=": "vocab_size=",
