@@ -234,9 +234,13 @@ def save_params(
 # Reading
 
 
-def open_arrays(directory: str) -> dict[Leaf, ts.TensorStore]:
-    """Every leaf of an Orbax PyTree checkpoint directory (OCDBT or not), opened for lazy slice
-    reads: `arrays[leaf][index].read().result()`."""
+def open_arrays(
+    directory: str, collections: tuple[str, ...] | None = None
+) -> dict[Leaf, ts.TensorStore]:
+    """Every array leaf of an Orbax PyTree checkpoint directory (OCDBT or not: a params
+    checkpoint's variables/, or a run checkpoint's <step>/state), opened for lazy slice reads:
+    `arrays[leaf][index].read().result()`. `collections` keeps only leaves under those top-level
+    keys (e.g. ("params", "buffers") of a train state); empty subtrees are skipped."""
     path = os.path.join(directory, _METADATA)
     if not os.path.isfile(path):
         raise ParamsCheckpointError(
@@ -248,8 +252,16 @@ def open_arrays(directory: str) -> dict[Leaf, ts.TensorStore]:
     arrays = {}
     for entry in meta["tree_metadata"].values():
         leaf = tuple(str(k["key"]) for k in entry["key_metadata"])
+        value = entry.get("value_metadata", {})
+        if value.get("skip_deserialize") or value.get("value_type") not in _ARRAY_TYPES:
+            continue
+        if collections is not None and leaf[0] not in collections:
+            continue
         arrays[leaf] = ts.open(_spec(directory, leaf_name(leaf), meta), open=True).result()
     return arrays
+
+
+_ARRAY_TYPES = ("jax.Array", "np.ndarray")
 
 
 def read_json(path: str, what: str) -> Any:

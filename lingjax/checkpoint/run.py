@@ -3,6 +3,7 @@ checkpoints, read without the optimizer state.
 
     DIR/config.json     the resolved `Config` of the run (what resume reads)
     DIR/checkpoints/    Orbax checkpoints <step>/{state, data_iter, monitor, config}
+    DIR/params_checkpoints/  params-only copies <step>/state (checkpoint.params_every_steps)
     DIR/tokenizer_record.json (+ tokenizer.json)   the run's tokenizer
 
     model_cfg, variables = load_run("runs/x")            # the newest checkpoint that restores
@@ -34,6 +35,9 @@ from lingjax.model import abstract_variables
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+# Params-only copies kept for merging and evaluation (checkpoint.params_every_steps):
+# <step>/state holds {"params", "buffers"}.
+PARAMS_CHECKPOINT_DIR = "params_checkpoints"
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:

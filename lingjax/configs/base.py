@@ -553,6 +553,11 @@ class CheckpointConfig:
     # Also keep every checkpoint whose step is a multiple of this (WSM merges them later,
     # docs/ling_spec.md §4); a multiple of every_steps, e.g. 10 * every_steps. 0 = none.
     keep_every_steps: int = 0
+    # Params-only copies (weights and buffers, no optimizer state: about a third of a full
+    # checkpoint) every N steps in <workdir>/params_checkpoints, for merging (WSM, MaP) and
+    # evaluation; 0 = none. `params_keep` keeps the newest K of them (0 = all).
+    params_every_steps: int = 0
+    params_keep: int = 0
     async_save: bool = True  # write in a background thread while training goes on
 
     def validate(self) -> None:
@@ -561,6 +566,9 @@ class CheckpointConfig:
             f"checkpoint.every_steps={self.every_steps} must be >= 0 (0 = only at the end)",
         )
         _check(self.keep >= 1, f"checkpoint.keep={self.keep} must be >= 1")
+        for key in ("params_every_steps", "params_keep"):
+            value = getattr(self, key)
+            _check(value >= 0, f"checkpoint.{key}={value} must be >= 0 (0 = none / all)")
         _check(
             self.keep_every_steps >= 0,
             f"checkpoint.keep_every_steps={self.keep_every_steps} must be >= 0 (0 = none)",

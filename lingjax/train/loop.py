@@ -30,6 +30,7 @@ import numpy as np
 from lingjax import parallel
 from lingjax.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, Checkpointer
 from lingjax.checkpoint.lock import WorkdirLock, WorkdirLockedError
+from lingjax.checkpoint.run import PARAMS_CHECKPOINT_DIR
 from lingjax.configs import (
     Config,
     ConfigError,
@@ -226,6 +227,7 @@ class _Run:
         self.writer = None
         self.watcher = None
         self.ckpt = None
+        self.params_ckpt = None
         self.feeder = None
         try:
             self._open()
@@ -259,6 +261,13 @@ class _Run:
         self.monitor = AnomalyMonitor(self.acfg)
         self.slow = SlowStepDetector(self.acfg.slow_step_z, self.acfg.slow_step_warmup)
         self.ckpt = Checkpointer(os.path.join(self.workdir, CHECKPOINT_DIR), cfg.checkpoint)
+        self.params_ckpt = None
+        if cfg.checkpoint.params_every_steps:
+            keep = cfg.checkpoint.params_keep or 10**9  # 0 = all
+            self.params_ckpt = Checkpointer(
+                os.path.join(self.workdir, PARAMS_CHECKPOINT_DIR),
+                dataclasses.replace(cfg.checkpoint, keep=keep, keep_every_steps=0),
+            )
         restored = self.ckpt.restore_latest(
             par.abstract_state,
             par.state_shardings,
@@ -330,6 +339,10 @@ class _Run:
                 pending = None
             if save and step > self.start:
                 iter_saved = self._save(step)
+            copy_every = self.cfg.checkpoint.params_every_steps
+            if self.params_ckpt and step > self.start and step % copy_every == 0:
+                variables = {"params": self.state.params, "buffers": self.state.buffers}
+                iter_saved = self.params_ckpt.save(step, variables) or iter_saved
             if last:
                 break
             if stop:
@@ -430,6 +443,8 @@ class _Run:
         # to checkpoints.discarded/ with the abandoned newer ones), so a crash from here on
         # resumes on this path.
         discarded = self.ckpt.discard_after(target - 1, "rolled_back")
+        if self.params_ckpt:
+            self.params_ckpt.discard_after(target, "rolled_back")
         self._save(target, force=True)
         self.ckpt.wait()
         self.writer.rewind(target)
@@ -491,9 +506,10 @@ class _Run:
     def close(self) -> None:
         if self.watcher:
             self.watcher.close()
-        if self.ckpt:
-            self.ckpt.wait()
-            self.ckpt.close()
+        for ckpt in (self.ckpt, self.params_ckpt):
+            if ckpt:
+                ckpt.wait()
+                ckpt.close()
         if self.writer:
             self.writer.close()
         if self.feeder:

@@ -47,6 +47,8 @@ RESUMABLE_KEYS = frozenset(
         "checkpoint.every_steps",
         "checkpoint.keep",
         "checkpoint.keep_every_steps",
+        "checkpoint.params_every_steps",
+        "checkpoint.params_keep",
         "checkpoint.async_save",
         "mesh.data",
         "mesh.fsdp",
