@@ -41,6 +41,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from lingjax.checkpoint import checksums
+from lingjax.checkpoint.params import CHUNK_BYTES
 from lingjax.configs.base import CheckpointConfig
 
 if TYPE_CHECKING:
@@ -301,7 +302,9 @@ class Checkpointer:
         self.wait()  # a failure of the previous save is reported here, before starting another
         if step in self._mgr.all_steps():
             return False
-        items: dict[str, Any] = {"state": ocp.args.StandardSave(state)}
+        # Chunks of at most CHUNK_BYTES: merges and conversions read a few MiB at a time.
+        save_args = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES), state)
+        items: dict[str, Any] = {"state": ocp.args.StandardSave(state, save_args)}
         if data_iter is not None:
             import grain
 

@@ -52,6 +52,8 @@ CONFIG_FILE = "config.json"
 HF_CONFIG_FILE = "hf_config.json"
 VARIABLES_DIR = "variables"
 _METADATA = "_METADATA"
+# Upper bound on a matrix's chunk (see chunk_shape); train-state checkpoints use the same bound.
+CHUNK_BYTES = 16 << 20
 
 # (shape, dtype, chunk shape) of each leaf to create.
 Layout = dict[Leaf, tuple[tuple[int, ...], np.dtype, tuple[int, ...]]]
@@ -187,9 +189,16 @@ def write_metadata(
             write_tokenizer_record(directory, record)
 
 
-def _chunk(shape: tuple[int, ...]) -> tuple[int, ...]:
-    # One chunk per slice of the leading (layer / expert) axis of a stacked tensor.
-    return (1, *shape[1:]) if len(shape) >= 3 else tuple(shape)
+def chunk_shape(shape: tuple[int, ...], itemsize: int = 4) -> tuple[int, ...]:
+    """The on-disk chunk of a tensor: one slice of the leading (layer / expert) axis of a
+    stacked tensor, and at most CHUNK_BYTES of leading-axis rows of a matrix (the embedding and
+    the head), so a streaming reader (a merge, a conversion) decodes a few MiB at a time."""
+    if len(shape) >= 3:
+        return (1, *shape[1:])
+    if len(shape) == 2:
+        rows = max(1, CHUNK_BYTES // max(1, shape[1] * itemsize))
+        return (min(shape[0], rows), shape[1])
+    return tuple(shape)
 
 
 def save_params(
@@ -221,7 +230,10 @@ def save_params(
             "the variables do not match the model config:\n  - " + "\n  - ".join(problems[:12])
         )
     with staged_dir(out_dir) as tmp:
-        layout = {leaf: (shape, dtype, _chunk(shape)) for leaf, (shape, dtype) in table.items()}
+        layout = {
+            leaf: (shape, dtype, chunk_shape(shape, dtype.itemsize))
+            for leaf, (shape, dtype) in table.items()
+        }
         arrays = create_arrays(os.path.join(tmp, VARIABLES_DIR), layout)
         for leaf, (_, dtype) in table.items():
             arrays[leaf].write(np.asarray(given[leaf]).astype(dtype, copy=False)).result()

@@ -30,7 +30,7 @@ from lingjax.checkpoint.params import (
     read_config,
     read_json,
 )
-from lingjax.configs import Config, ConfigError, ModelConfig, from_dict
+from lingjax.configs import CheckpointConfig, Config, ConfigError, ModelConfig, from_dict
 from lingjax.model import abstract_variables
 
 CONFIG_FILE = "config.json"
@@ -137,3 +137,24 @@ def load(path: str | os.PathLike, step: int | None = None) -> tuple[ModelConfig,
         f"{path} is neither a training workdir (config.json + {CHECKPOINT_DIR}/) nor a params "
         "checkpoint (config.json + variables/)"
     )
+
+
+def retained_steps(cfg: CheckpointConfig, total_steps: int) -> tuple[list[int], list[int]]:
+    """(full-state steps, params-copy steps) left on disk at the end of an uninterrupted run of
+    `total_steps` under the retention of `cfg`, as the checkpointers keep them: full states at
+    multiples of every_steps and at the last step, the newest `keep` of them plus every multiple
+    of keep_every_steps; params copies at multiples of params_every_steps, the newest
+    `params_keep` of them (0 = all). A preemption adds one full state at most."""
+    every = cfg.every_steps
+    saved = list(range(every, total_steps + 1, every)) if every else []
+    if total_steps not in saved:
+        saved.append(total_steps)
+    keep_every = cfg.keep_every_steps
+    full = sorted(
+        set(saved[-cfg.keep :]) | {s for s in saved if keep_every and s % keep_every == 0}
+    )
+    copy = cfg.params_every_steps
+    params = list(range(copy, total_steps + 1, copy)) if copy else []
+    if cfg.params_keep:
+        params = params[-cfg.params_keep :]
+    return full, params

@@ -46,7 +46,7 @@ flags.DEFINE_string("model_scales", None, "task_arithmetic: one factor per model
 flags.DEFINE_float("density", 0.2, "ties: the share of each task vector's entries kept.")
 flags.DEFINE_string("layer_coefs", None, "Layer-wise merging: one factor per decoder layer.")
 flags.DEFINE_string("out", None, "The params checkpoint to write (must not exist).")
-flags.DEFINE_integer("block_mb", 64, "Rows read per block, in MiB (bounds host memory).")
+flags.DEFINE_integer("block_mb", 16, "Rows read per block, in MiB (bounds host memory).")
 flags.DEFINE_bool("dry_run", False, "Print the weights and stop.")
 
 

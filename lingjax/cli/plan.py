@@ -5,7 +5,9 @@
 
 Parameters, optimizer state and gradients are the shard sizes of the real train state under the
 rules table (lingjax/train/memory.py); activations are an estimate of the backward pass's
-peak. The mesh comes from --config.mesh.* as in training (-1 = the rest of --devices).
+peak. The disk line is what the run's checkpoint retention keeps at its end (checkpoint.keep,
+keep_every_steps, params_every_steps, params_keep). The mesh comes from --config.mesh.* as in
+training (-1 = the rest of --devices).
 """
 
 from __future__ import annotations
@@ -75,6 +77,12 @@ def main(argv: list[str]) -> None:
         verdict = "fits" if plan["fits"] else "does NOT fit"
         line += f"  of {memory / 2**30:.2f} GiB per device: {verdict}"
     print(line)
+    d = plan["disk"]
+    print(
+        f"  disk        {_gib(d['total_bytes'])}  at the end of {cfg.train.steps} steps: "
+        f"{d['checkpoints_kept']} checkpoints of {d['checkpoint_bytes'] / 2**30:.2f} GiB, "
+        f"{d['params_copies_kept']} params copies of {d['params_copy_bytes'] / 2**30:.2f} GiB"
+    )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ layer-wise coefficients).
 
 Every tensor is read one block of rows at a time (about `block_bytes`) from every source,
 accumulated in fp32, cast to the model's dtype and written before the next block is read, so
-host memory holds a few blocks, never the model. TIES needs each task vector whole to trim it
-by magnitude, so it holds one tensor per model at a time. Buffers (the fp32 aux-loss-free expert
+host memory holds a few blocks, never the model. Blocks are whole multiples of the sources'
+on-disk chunks (at most 16 MiB, lingjax/checkpoint/params.py `chunk_shape`). TIES trims each
+task vector by magnitude over the whole tensor: it first finds each model's threshold from one
+fp32 buffer of |tau| (filled block by block, partitioned in place), so it holds one tensor's
+worth of fp32 on top of the blocks. Buffers (the fp32 aux-loss-free expert
 bias) are merged like the weights: averaged with the same weights; the bias only chooses
 experts, and the average of biases a run moved through is the natural choice (a merge of
 models trained apart gets the base's bias plus the merged task vectors of the biases).
@@ -16,6 +19,7 @@ models trained apart gets the base's bias plus the merged task vectors of the bi
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -23,22 +27,45 @@ from typing import Any
 
 import numpy as np
 
-from lingjax.checkpoint.params import VARIABLES_DIR, create_arrays, staged_dir, write_metadata
+from lingjax.checkpoint.params import (
+    VARIABLES_DIR,
+    chunk_shape,
+    create_arrays,
+    staged_dir,
+    write_metadata,
+)
 from lingjax.merge.sources import Source, check_compatible
 from lingjax.merge.weights import MergeError
 from lingjax.model import Leaf, variable_table
 
-BLOCK_BYTES = 64 << 20
+BLOCK_BYTES = 16 << 20
 METHODS = ("average", "task_arithmetic", "ties")
 
 
-def _blocks(shape: tuple[int, ...], itemsize: int, block_bytes: int) -> Iterator[tuple]:
-    """Index tuples covering a tensor of `shape` in blocks of whole leading-axis rows."""
+def _block_rows(shape: tuple[int, ...], sources: Sequence[Source], leaf: Leaf, budget: int) -> int:
+    """Leading-axis rows per block: about `budget` bytes of fp32, and a multiple of the sources'
+    on-disk chunk rows (a read decodes whole chunks: a block that cuts one would decode it
+    twice)."""
+    if not shape:
+        return 1
+    chunk = max(_chunk_rows(src, leaf) for src in sources)
+    row = math.prod(shape[1:]) * 4  # fp32 accumulation
+    rows = max(1, budget // max(row, 1))
+    return min(shape[0], max(chunk, rows // chunk * chunk))
+
+
+def _chunk_rows(src: Source, leaf: Leaf) -> int:
+    try:
+        return int(src.arrays[leaf].chunk_layout.read_chunk.shape[0])
+    except (IndexError, TypeError, ValueError):  # a scalar, or no declared chunking
+        return 1
+
+
+def _blocks(shape: tuple[int, ...], rows: int) -> Iterator[tuple]:
+    """Index tuples covering a tensor of `shape` in blocks of `rows` leading-axis rows."""
     if not shape:
         yield ()
         return
-    row = math.prod(shape[1:]) * 4  # fp32 accumulation
-    rows = max(1, block_bytes // max(row, 1))
     for r0 in range(0, shape[0], rows):
         yield (slice(r0, min(shape[0], r0 + rows)),)
 
@@ -53,20 +80,8 @@ def _read(src: Source, leaf: Leaf, index: tuple) -> np.ndarray:
         ) from None
 
 
-def _layout(table: dict[Leaf, tuple[tuple[int, ...], np.dtype]], block_bytes: int) -> dict:
-    out = {}
-    for leaf, (shape, dtype) in table.items():
-        first = next(_blocks(shape, 4, block_bytes))
-        chunk = (
-            tuple(
-                (s.stop - s.start) if isinstance(s, slice) else d
-                for s, d in zip(first + (None,) * (len(shape) - len(first)), shape, strict=True)
-            )
-            if shape
-            else ()
-        )
-        out[leaf] = (shape, dtype, chunk)
-    return out
+def _read_block(sources: Sequence[Source], leaf: Leaf, index: tuple, i: int) -> np.ndarray:
+    return _read(sources[i], leaf, index)
 
 
 def _write_merge(
@@ -75,23 +90,31 @@ def _write_merge(
     combine,
     *,
     block_bytes: int,
-    whole_tensors: bool,
     info: dict[str, Any],
+    prepare=None,
 ) -> str:
-    """Shared driver: `combine(leaf, index, [block of each source]) -> fp32 block`."""
+    """Shared driver: `combine(leaf, index, read) -> fp32 block`, block by block of every leaf,
+    where `read(i)` reads that block of source i (read when needed, so an average holds one
+    source's block at a time); `prepare(leaf, rows)`, if given, runs before a leaf's first block
+    (TIES finds its trim thresholds there)."""
     model_cfg = sources[0].model_cfg
     table = variable_table(model_cfg)
     check_compatible(list(sources), model_cfg, table)
     with staged_dir(out_dir) as tmp:
-        layout = _layout(table, block_bytes)
+        layout = {
+            leaf: (shape, dtype, chunk_shape(shape, dtype.itemsize))
+            for leaf, (shape, dtype) in table.items()
+        }
         arrays = create_arrays(os.path.join(tmp, VARIABLES_DIR), layout)
         for leaf, (shape, dtype) in table.items():
-            indices = [()] if whole_tensors else list(_blocks(shape, 4, block_bytes))
-            for index in indices:
-                blocks = [_read(src, leaf, index) for src in sources]
-                merged = combine(leaf, index, blocks)
-                arrays[leaf][index].write(merged.astype(dtype)).result()
-                del blocks, merged
+            rows = _block_rows(shape, sources, leaf, block_bytes)
+            if prepare is not None:
+                prepare(leaf, rows)
+            for index in _blocks(shape, rows):
+                read = functools.partial(_read_block, sources, leaf, index)
+                merged = combine(leaf, index, read)
+                arrays[leaf][index].write(merged.astype(dtype, copy=False)).result()
+                del merged
         del arrays
         write_metadata(
             tmp,
@@ -119,10 +142,14 @@ def weighted_average(
     if np.any(w < 0) or abs(w.sum() - 1) > 1e-6:
         raise MergeError(f"merge weights must be >= 0 and sum to 1, got {w.tolist()}")
 
-    def combine(leaf, index, blocks):
-        acc = np.zeros_like(blocks[0])
-        for c, b in zip(w, blocks, strict=True):
-            acc += np.float32(c) * b
+    def combine(leaf, index, read):
+        acc = read(0)
+        acc *= np.float32(w[0])
+        for i in range(1, len(w)):
+            b = read(i)
+            b *= np.float32(w[i])
+            acc += b
+            del b
         return acc
 
     info = {
@@ -131,9 +158,7 @@ def weighted_average(
         "sources": [s.label for s in sources],
         "weights": [float(x) for x in w],
     }
-    return _write_merge(
-        out_dir, sources, combine, block_bytes=block_bytes, whole_tensors=False, info=info
-    )
+    return _write_merge(out_dir, sources, combine, block_bytes=block_bytes, info=info)
 
 
 def layer_coefficients(model_cfg, coefs: Sequence[float]) -> dict[str, np.ndarray]:
@@ -194,13 +219,40 @@ def task_merge(
         raise MergeError(f"{ks.size} model scales for {len(models)} models")
     per_layer = layer_coefficients(base.model_cfg, layer_coefs) if layer_coefs is not None else None
 
-    def combine(leaf, index, blocks):
-        b, taus = blocks[0], [m - blocks[0] for m in blocks[1:]]
+    sources = [base, *models]
+    thresholds: list[float] = []
+
+    def prepare(leaf, rows):
+        # TIES trims each task vector by its magnitude over the whole tensor: find each one's
+        # threshold first, one model at a time, from one fp32 buffer of the tensor's size.
+        if method == "ties":
+            shape = tuple(base.arrays[leaf].shape)
+            thresholds[:] = [
+                trim_threshold(_magnitudes(base, m, leaf, shape, rows), density) for m in models
+            ]
+
+    def combine(leaf, index, read):
+        b = read(0)
         if method == "task_arithmetic":
-            merged = sum(k * t for k, t in zip(ks, taus, strict=True))
-        else:
-            merged = ties_merge(taus, density)
-        return b + _coefficient(leaf, index, scale, per_layer, b.ndim) * merged
+            merged = np.zeros_like(b)
+            for i, k in enumerate(ks, start=1):
+                t = read(i)
+                t -= b
+                t *= k
+                merged += t
+                del t
+        else:  # the sign election needs every model's trimmed block at once
+            trimmed = []
+            for i, c in enumerate(thresholds, start=1):
+                t = read(i)
+                t -= b
+                t[np.abs(t) < c] = 0
+                trimmed.append(t)
+            merged = disjoint_mean(trimmed)
+            del trimmed
+        merged *= _coefficient(leaf, index, scale, per_layer, b.ndim)
+        merged += b
+        return merged
 
     info = {
         "method": method,
@@ -212,30 +264,53 @@ def task_merge(
         "layer_coefs": None if layer_coefs is None else list(map(float, layer_coefs)),
     }
     return _write_merge(
-        out_dir,
-        [base, *models],
-        combine,
-        block_bytes=block_bytes,
-        whole_tensors=method == "ties",
-        info=info,
+        out_dir, sources, combine, block_bytes=block_bytes, info=info, prepare=prepare
     )
 
 
+def _magnitudes(base: Source, model: Source, leaf: Leaf, shape, rows: int) -> np.ndarray:
+    """|model - base| of one tensor, flat fp32, filled block by block."""
+    out = np.empty(math.prod(shape), np.float32)
+    view = out.reshape(shape)
+    for index in _blocks(shape, rows):
+        np.abs(_read(model, leaf, index) - _read(base, leaf, index), out=view[index])
+    return out
+
+
+def trim_threshold(magnitudes: np.ndarray, density: float) -> float:
+    """The magnitude at or above which an entry is among the ceil(density * size) largest
+    (TIES's trim); partitions `magnitudes` (flat |tau|) in place."""
+    keep = math.ceil(density * magnitudes.size)
+    if keep >= magnitudes.size:
+        return -np.inf  # keep everything
+    pos = magnitudes.size - keep
+    magnitudes.partition(pos)
+    return float(magnitudes[pos])
+
+
 def trim(tau: np.ndarray, density: float) -> np.ndarray:
-    """`tau` with all but its ceil(density * size) largest-magnitude entries set to 0."""
-    keep = math.ceil(density * tau.size)
-    if keep >= tau.size:
-        return tau
-    flat = np.abs(tau).reshape(-1)
-    threshold = np.partition(flat, tau.size - keep)[tau.size - keep]
+    """`tau` with all but its ceil(density * size) largest-magnitude entries set to 0 (entries
+    tied with the smallest kept magnitude are kept too)."""
+    threshold = trim_threshold(np.abs(tau).reshape(-1), density)
     return np.where(np.abs(tau) >= threshold, tau, 0.0).astype(tau.dtype)
 
 
+def disjoint_mean(trimmed: Sequence[np.ndarray]) -> np.ndarray:
+    """TIES's elect and merge: the sign of each entry is the sign of the sum of the trimmed task
+    vectors; the mean over those that are nonzero and agree with it (0 where none does). Works
+    one task vector at a time: a few block-sized temporaries besides the inputs."""
+    sign = np.sign(sum(trimmed))
+    total = np.zeros_like(trimmed[0], dtype=np.float32)
+    count = np.zeros(trimmed[0].shape, np.float32)
+    for t in trimmed:
+        agree = (np.sign(t) == sign) & (t != 0)
+        total += np.where(agree, t, 0)
+        count += agree
+    np.maximum(count, 1, out=count)
+    total /= count
+    return total
+
+
 def ties_merge(taus: Sequence[np.ndarray], density: float) -> np.ndarray:
-    """TIES (Yadav et al. 2023): trim, elect sign, disjoint mean."""
-    trimmed = np.stack([trim(t, density) for t in taus])
-    sign = np.sign(trimmed.sum(0))
-    agree = (np.sign(trimmed) == sign) & (trimmed != 0)
-    count = agree.sum(0)
-    total = np.where(agree, trimmed, 0.0).sum(0)
-    return np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)
+    """TIES (Yadav et al. 2023) on whole task vectors: trim, elect sign, disjoint mean."""
+    return disjoint_mean([trim(t, density) for t in taus])

@@ -24,6 +24,11 @@ alive at its peak. Per device, with b = batch / (data * fsdp * expert) rows of L
                  with remat "none"/"dots" every layer keeps its working set;
   logits         (1 + MTP layers) * 2 * T * (vocab / t) * 4: fp32 logits and their gradient.
 XLA's own temporaries, fragmentation and the collectives' buffers come on top: leave headroom.
+
+Disk (`plan["disk"]`, whole run, not per device): a full checkpoint holds the train state
+(params, buffers, optimizer state: about 3x the params under AdamW), a params-only copy
+(checkpoint.params_every_steps) the params and buffers; the counts kept at the end of the run
+follow the retention (lingjax/checkpoint/run.py `retained_steps`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lingjax.checkpoint.run import retained_steps
 from lingjax.configs import Config
 from lingjax.parallel.expert import resolve_transport
 from lingjax.parallel.mesh import abstract_mesh, check_config, mesh_shape
@@ -54,6 +60,11 @@ def _per_device(abstract: Any, shardings: Any) -> int:
         shardings,
     )
     return int(sum(jax.tree.leaves(sizes)))
+
+
+def _global(abstract: Any) -> int:
+    """Bytes of a whole (unsharded) tree of abstract arrays."""
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
 
 
 def activation_bytes(cfg: Config, shape: dict[str, int], platform: str = "gpu") -> dict[str, int]:
@@ -118,6 +129,16 @@ def plan_memory(
         "activations": acts["total"],
     }
     used["total"] = sum(used.values())
+    full, copies = retained_steps(cfg.checkpoint, cfg.train.steps)
+    state_bytes = _global(state)
+    params_bytes = _global(state.params) + _global(state.buffers)
+    disk = {
+        "checkpoint_bytes": state_bytes,
+        "params_copy_bytes": params_bytes,
+        "checkpoints_kept": len(full),
+        "params_copies_kept": len(copies),
+        "total_bytes": len(full) * state_bytes + len(copies) * params_bytes,
+    }
     out: dict[str, Any] = {
         "config": cfg.name,
         "devices": num_devices,
@@ -128,5 +149,6 @@ def plan_memory(
         "activations": {k: v for k, v in acts.items() if k != "total"},
         "device_memory": device_memory,
         "fits": None if device_memory is None else used["total"] <= device_memory,
+        "disk": disk,
     }
     return out

@@ -10,6 +10,7 @@ import pytest
 
 import lingjax
 from lingjax import configs
+from lingjax.checkpoint.run import retained_steps
 from lingjax.train.memory import plan_memory
 
 GiB = 2**30
@@ -143,3 +144,33 @@ def test_model_that_does_not_split_is_refused():
     cfg = configs.get("ling-lite", **{"mesh.data": 6, "mesh.tensor": 8, "train.batch_size": 6})
     with pytest.raises(configs.ConfigError, match=r"num_kv_heads=4 is not divisible"):
         plan_memory(cfg, 48)
+
+
+def test_disk_of_the_retention_by_hand():
+    # 10000 steps, a full state every 1000 (the newest 3 kept, plus every 5000-th for merging)
+    # and a params copy every 250 (the newest 30 kept).
+    retention = {
+        "checkpoint.every_steps": 1000,
+        "checkpoint.keep": 3,
+        "checkpoint.keep_every_steps": 5000,
+        "checkpoint.params_every_steps": 250,
+        "checkpoint.params_keep": 30,
+    }
+    one = {"mesh.data": 1, "train.batch_size": 1, "train.steps": 10000}
+    cfg = configs.get("ling-mini-2.0", **one, **retention)
+    full, copies = retained_steps(cfg.checkpoint, 10000)
+    assert full == [5000, 8000, 9000, 10000]
+    assert copies == list(range(2750, 10001, 250)) and len(copies) == 30
+    n = lingjax.count_params(cfg.model)
+    params = (n["total"] + n["mtp"]) * FP32  # fp32 master weights and the bias buffers
+    disk = plan_memory(cfg, 1)["disk"]
+    assert disk["params_copy_bytes"] == params
+    # AdamW mu and nu (like the params less the bias buffers), the RNG key and step scalars.
+    bias = hand_buffers("ling-mini-2.0", 1) * FP32
+    assert 3 * params - 2 * bias < disk["checkpoint_bytes"] < 3 * params - 2 * bias + 1024
+    assert disk["total_bytes"] == 4 * disk["checkpoint_bytes"] + 30 * params
+    # No keep_every_steps, no copies: the newest `keep` saves and the last step.
+    assert retained_steps(configs.CheckpointConfig(every_steps=300, keep=2), 1000) == (
+        [900, 1000],
+        [],
+    )
