@@ -156,6 +156,19 @@ class ModelConfig:
     def num_moe_layers(self) -> int:
         return self.num_layers - self.first_k_dense
 
+    def architecture(self) -> ModelConfig:
+        """This config less what does not change the meaning of the weights (kernels, remat,
+        compute dtype, capacity, EP transport): two checkpoints whose architectures are equal
+        can be merged, and one can initialise a run of the other."""
+        return dataclasses.replace(
+            self,
+            dtype="float32",
+            remat="none",
+            moe=dataclasses.replace(
+                self.moe, impl="auto", ep_transport="auto", capacity_factor=None
+            ),
+        )
+
     def validate(self) -> None:
         for key in (
             "vocab_size",
@@ -323,6 +336,10 @@ class TrainConfig:
     schedule_steps: int = 0
     decay_shape: DecayShape = "1-sqrt"  # WSD decay shape
     decay_fraction: float = 0.2  # WSD: fraction of the schedule's steps spent decaying
+    # Start from these weights instead of a random init (a params checkpoint or a training
+    # workdir's newest checkpoint; fresh optimizer state, step 0): continued pretraining, the
+    # domain experts of MergeMix, fine-tuning. Read at the first start only; "" = random init.
+    init_from: str = ""
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8

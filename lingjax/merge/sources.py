@@ -111,7 +111,7 @@ def resolve(spec: str, workdir: str | None = None) -> Source:
 def check_compatible(sources: list[Source], model_cfg: ModelConfig, table: dict[Leaf, Any]):
     """MergeError naming the first source whose architecture or a tensor shape differs."""
     for src in sources:
-        if _architecture(src.model_cfg) != _architecture(model_cfg):
+        if src.model_cfg.architecture() != model_cfg.architecture():
             raise MergeError(
                 f"{src.label} is another model than {sources[0].label} (their configs differ); "
                 "merge checkpoints of one architecture"
@@ -123,13 +123,3 @@ def check_compatible(sources: list[Source], model_cfg: ModelConfig, table: dict[
                 raise MergeError(
                     f"{src.label}: {'/'.join(leaf)} has shape {got}, the model has {tuple(shape)}"
                 )
-
-
-def _architecture(cfg: ModelConfig) -> ModelConfig:
-    # What changes the meaning of the weights; kernels, remat and compute dtype do not.
-    return dataclasses.replace(
-        cfg,
-        dtype="float32",
-        remat="none",
-        moe=dataclasses.replace(cfg.moe, impl="auto", ep_transport="auto", capacity_factor=None),
-    )

@@ -30,7 +30,9 @@ import numpy as np
 from lingjax import parallel
 from lingjax.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, Checkpointer
 from lingjax.checkpoint.lock import WorkdirLock, WorkdirLockedError
-from lingjax.checkpoint.run import PARAMS_CHECKPOINT_DIR
+from lingjax.checkpoint.manager import saved_steps
+from lingjax.checkpoint.params import ParamsCheckpointError, is_params_dir, read_config
+from lingjax.checkpoint.run import PARAMS_CHECKPOINT_DIR, is_run_dir, load
 from lingjax.configs import (
     Config,
     ConfigError,
@@ -174,6 +176,8 @@ def train(
     # A missing or foreign corpus, or ids past the vocabulary, fail here (CorpusError), before
     # anything is written to the workdir. Reads the manifests and document lengths only.
     sources = open_sources(cfg.data, vocab_size=cfg.model.vocab_size, split="train")
+    if cfg.train.init_from and not saved_steps(os.path.join(workdir, CHECKPOINT_DIR)):
+        check_init_from(cfg)
     if warning := schedule_overrun(cfg):
         print(f"warning: {warning}")
     lock = _lock_workdir(workdir, takeover)  # one writer: a second run stops here
@@ -189,6 +193,30 @@ def train(
     finally:
         if lock is not None:
             lock.release()
+
+
+def check_init_from(cfg: Config) -> None:
+    """ConfigError unless train.init_from holds weights of cfg's architecture."""
+    path = cfg.train.init_from
+    if not (is_run_dir(path) or is_params_dir(path)):
+        raise ConfigError(
+            f"train.init_from={path!r} is neither a params checkpoint (config.json + variables/) "
+            "nor a training workdir (config.json + checkpoints/); pass one of those"
+        )
+    try:
+        have = read_config(path)
+    except ParamsCheckpointError as e:
+        raise ConfigError(f"train.init_from={path!r}: {e}") from None
+    if have.architecture() != cfg.model.architecture():
+        diff = [
+            f"{k}={getattr(have, k)!r} (the run has {getattr(cfg.model, k)!r})"
+            for k in (f.name for f in dataclasses.fields(have))
+            if getattr(have.architecture(), k) != getattr(cfg.model.architecture(), k)
+        ]
+        raise ConfigError(
+            f"train.init_from={path!r} holds another model: {', '.join(diff[:4])}; start from "
+            "a checkpoint of this architecture, or set --config.model.* to match it"
+        )
 
 
 def _lock_workdir(workdir: str, takeover: bool) -> WorkdirLock | None:
@@ -303,7 +331,16 @@ class _Run:
         self.iter_start: float | None = None  # start of the current loop iteration (timer)
 
     def _init_state(self) -> TrainState:
-        return self.par.init(jax.random.key(self.t.seed))
+        state = self.par.init(jax.random.key(self.t.seed))
+        if not self.t.init_from:
+            return state
+        # Whole on the host, then placed shard by shard: fine up to host memory.
+        _, variables = load(self.t.init_from)
+        shard = self.par.state_shardings
+        params = jax.device_put(variables["params"], shard.params)
+        buffers = jax.device_put(variables.get("buffers", {}), shard.buffers)
+        print(f"initialised the weights from {self.t.init_from}")
+        return state.replace(params=params, buffers=buffers)
 
     # ------------------------------------------------------------------ the loop
 
