@@ -1,7 +1,7 @@
 """MergeMix at CPU-tiny scale: does the mixture the merge search picks rank like mixtures trained
 for real?
 
-    .venv/bin/python experiments/mergemix/run.py            # ~15 minutes on 2 CPU cores
+    .venv/bin/python experiments/mergemix/run.py            # ~10 minutes on 2 CPU cores
 
 Corpora from this Python's standard library, split by module (ast): `code` (module sources with
 their docstrings removed) and `docs` (the docstrings alone) of the first 70% of the modules; the
@@ -175,9 +175,10 @@ def _plot(results: dict, path: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = sorted((h[0][1], h[1]) for h in results["search"])
-    ax.plot(*zip(*pts, strict=True), "o", ms=4, label="merge evaluated by the search")
+    ax.plot(*zip(*pts, strict=True), "x", ms=6, label="merges the search evaluated")
     checks = sorted(results["checks"], key=lambda c: c["docs_share"])
     xs = [c["docs_share"] for c in checks]
+    ax.plot(xs, [c["merged"] for c in checks], "o--", label="merged experts at the mixture")
     ax.plot(xs, [c["trained"] for c in checks], "s-", label="base trained on the mixture")
     ax.axhline(results["base_loss"], color="gray", ls=":", label="base")
     ax.set(xlabel="docs share of the mixture", ylabel="target held-out loss (nats/token)")
