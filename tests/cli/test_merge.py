@@ -13,7 +13,7 @@ import pytest
 
 from lingjax.checkpoint import load, load_params, read_info, read_run_config
 from lingjax.merge import decay_weights, run_source
-from lingjax.studies import heldout_loss
+from lingjax.studies import HeldOut
 from lingjax.train.metrics import METRICS_FILE, read_metrics
 
 FLAGS = {
@@ -87,9 +87,9 @@ def test_a_wsm_merge_of_the_last_checkpoints_is_their_weighted_average(workdir, 
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_hidden_layers"] == 1
     # ... and it is scored on the run's held-out split like the run's own checkpoints.
-    cfg = read_run_config(workdir)
-    merged_loss = heldout_loss(cfg, merged)["val_loss"]
-    last_loss = heldout_loss(cfg, load(workdir)[1])["val_loss"]
+    score = HeldOut(read_run_config(workdir))
+    merged_loss = score(merged)["val_loss"]
+    last_loss = score(load(workdir)[1])["val_loss"]
     logged = [r["val_loss"] for r in read_metrics(str(workdir / METRICS_FILE)) if "val_loss" in r]
     assert np.isfinite(merged_loss) and abs(last_loss - logged[-1]) < 1e-4
 

@@ -26,9 +26,6 @@ from tests.support.parallel import (
     small,
 )
 
-# LLVM optimisation off: it halves XLA:CPU compile times here and leaves the HLO (the SPMD
-# partitioning under test) unchanged; these programs run for milliseconds.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 NAMES = ("tiny", "tiny-v2")
 NO_MTP = {"model.num_mtp_layers": 0}
 
@@ -38,7 +35,11 @@ def case(name: str, **overrides):
 
 
 # (data, fsdp, expert, tensor)
-MESHES = [(8, 1, 1, 1), (1, 8, 1, 1), (2, 2, 2, 1), (1, 1, 8, 1), (2, 1, 2, 2), (1, 2, 4, 1)]
+# fsdp and expert 8-way (every leaf split to its smallest shard; one tiny expert per device),
+# data, fsdp and expert together, and tensor beside data and expert: every axis is sharded in
+# some mesh, each program costs ~40 s of a 2-core CI, and data-only adds nothing the (2,2,2,1)
+# and (2,1,2,2) meshes do not check.
+MESHES = [(1, 8, 1, 1), (1, 1, 8, 1), (2, 2, 2, 1), (2, 1, 2, 2)]
 
 
 def transports(mesh_shape) -> tuple[str, ...]:
@@ -53,7 +54,7 @@ def reference():
         cfg = case(name)
         params, buffers = init_variables(cfg)
         b = batch(cfg)
-        step = jax.jit(loss_and_grads_fn(cfg)).lower(params, buffers, b).compile(FAST_COMPILE)
+        step = jax.jit(loss_and_grads_fn(cfg)).lower(params, buffers, b).compile()
         loss, grads = step(params, buffers, b)
         out[name] = (params, buffers, b, loss, grads)
     return out
@@ -111,7 +112,7 @@ def test_loss_and_grads_match_single_device(reference, mesh_shape):
         return [fn(*a) for fn, a in zip(fns, args, strict=True)]
 
     step = jax.jit(all_cases, in_shardings=(in_sh,), out_shardings=out_sh)
-    compiled = parallel.in_mesh_context(step.lower, mesh)(args).compile(FAST_COMPILE)
+    compiled = parallel.in_mesh_context(step.lower, mesh)(args).compile()
     results = compiled(args)
     for (name, transport), (loss, grads) in zip(cases, results, strict=True):
         _, _, _, ref_loss, ref_grads = reference[name]

@@ -13,8 +13,6 @@ from lingjax.train import init_state, make_optimizer, make_train_step, shard_tra
 from lingjax.train.step import controls
 from tests.support.parallel import batch, small
 
-FAST_COMPILE = {"xla_backend_optimization_level": 0}  # see test_equivalence.py
-
 
 def test_sharded_init_and_step_match_one_device():
     cfg = small(
@@ -27,7 +25,7 @@ def test_sharded_init_and_step_match_one_device():
     run = shard_training(cfg.model, step_cfg, tx, mesh, cfg.train.batch_size)
     assert (run.data_index, run.data_count) == (0, 1)  # one process loads the whole batch
     key = jax.random.key(0)
-    state = run.init.lower(key).compile(FAST_COMPILE)(key)
+    state = run.init.lower(key).compile()(key)
 
     w = state.params["moe_layers"]["moe"]["w_up"]
     assert w.sharding.spec == PartitionSpec(None, "expert", "fsdp", "tensor")
@@ -38,15 +36,15 @@ def test_sharded_init_and_step_match_one_device():
     assert state.step.sharding.is_fully_replicated
 
     ref_init = jax.jit(lambda rng: init_state(cfg.model, tx, rng))
-    ref_state = ref_init.lower(key).compile(FAST_COMPILE)(key)
+    ref_state = ref_init.lower(key).compile()(key)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params), strict=True):
         np.testing.assert_array_equal(a, b)  # the same random numbers, only laid out
 
     b = batch(cfg)
     ref_step = jax.jit(make_train_step(cfg.model, step_cfg, tx)).lower(ref_state, b, controls())
-    ref_new, ref_m = ref_step.compile(FAST_COMPILE)(ref_state, b, controls())
+    ref_new, ref_m = ref_step.compile()(ref_state, b, controls())
     args = (state, run.put_batch(b), controls())
-    new, m = run.lower_step(*args).compile(FAST_COMPILE)(*args)
+    new, m = run.lower_step(*args).compile()(*args)
     for key in ("loss", "ce_loss", "mtp_loss", "grad_norm", "balance_loss", "z_loss"):
         np.testing.assert_allclose(float(m[key]), float(ref_m[key]), rtol=2e-5, err_msg=key)
     np.testing.assert_array_equal(m["dropped"], 0)
