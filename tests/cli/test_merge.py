@@ -5,8 +5,6 @@ input is one line and exit 2 with nothing written."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,46 +13,13 @@ from lingjax.checkpoint import load, load_params, read_info, read_run_config
 from lingjax.merge import decay_weights, run_source
 from lingjax.studies import HeldOut
 from lingjax.train.metrics import METRICS_FILE, read_metrics
-
-FLAGS = {
-    "model.num_layers": 1,
-    "train.steps": 12,
-    "train.log_every": 2,
-    "train.batch_size": 2,
-    "train.seq_len": 32,
-    "checkpoint.every_steps": 6,
-    "checkpoint.params_every_steps": 2,
-    "mesh.data": 1,
-    "train.schedule_steps": 1000,  # the shared host-logic config (see tests/train/test_resume.py)
-    "data.eval_fraction": 0.05,
-    "data.eval_every": 2,
-    "data.eval_batches": 1,
-}
-
-
-def run(*args):
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", *args], capture_output=True, text=True, env=env, timeout=600
-    )
+from tests.support.cli import run, train_run
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, corpus_dir):
     wd = tmp_path_factory.mktemp("merge") / "run"
-    flags = [f"--config.{k}={v}" for k, v in FLAGS.items()]
-    r = run(
-        "lingjax.cli.train",
-        "--config=tiny",
-        *flags,
-        f"--config.data.corpus={corpus_dir}",
-        f"--workdir={wd}",
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    train_run(wd, corpus_dir)
     assert sorted(int(n) for n in os.listdir(wd / "params_checkpoints")) == list(range(2, 13, 2))
     return wd
 

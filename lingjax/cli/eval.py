@@ -1,0 +1,117 @@
+"""Score checkpoints on task files: multiple choice (label, cloze, BOSE blank-ppl) and
+completion (exact greedy match, bits per byte).
+
+    python -m lingjax.cli.eval --checkpoint=runs/tiny --tasks=tasks/copy.jsonl,tasks/add.jsonl \
+        --out=runs/tiny/eval.json
+    python -m lingjax.cli.eval --checkpoint=ckpt/merged --tasks=tasks_dir --mode=cloze
+    python -m lingjax.cli.eval --checkpoint=runs/tiny --tasks=synthetic    # the bundled set
+
+--checkpoint is a params checkpoint (converted, merged) or a training workdir: then every
+checkpoint it holds is scored, one row per step, and one that the run's retention deletes while
+it is read is skipped with a line saying so. --tasks takes task files (JSON lines; the format is
+in lingjax/evaluate/tasks.py and the README) or directories of them. Results are printed as a
+table and, with --out, written as JSON ({"checkpoint", "mode", "rows": [...]}). Bad input (a
+missing checkpoint, a task file with a bad line, an existing --out) is one error and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from absl import flags, logging
+
+from lingjax.cli import common
+
+flags.DEFINE_string("checkpoint", None, "A params checkpoint or a training workdir.")
+flags.DEFINE_list(
+    "tasks", [], "Task files (.jsonl), directories of them, or 'synthetic' (the bundled set)."
+)
+flags.DEFINE_integer("synthetic_examples", 64, "--tasks=synthetic: examples per task.")
+flags.DEFINE_enum("mode", "blank", ["blank", "cloze", "label"], "Multiple-choice scoring mode.")
+flags.DEFINE_integer("rows", 8, "Rows per scoring batch.")
+flags.DEFINE_integer("seq_len", 256, "Tokens per row; pairs are packed into rows.")
+flags.DEFINE_string("tokenizer", "", "byte or a tokenizer.json (default: the recorded one).")
+flags.DEFINE_string("out", None, "Write the results as JSON here (must not exist).")
+
+
+def task_files(specs: list[str], scratch: str) -> list[str]:
+    """The task files --tasks names; 'synthetic' writes the bundled set into `scratch`."""
+    from lingjax.evaluate.synthetic import write_synthetic_tasks
+
+    files = []
+    for spec in specs:
+        if spec == "synthetic":
+            try:
+                files += write_synthetic_tasks(scratch, n=common.FLAGS.synthetic_examples)
+            except ValueError as e:
+                common.usage_error(f"--synthetic_examples: {e}")
+        elif os.path.isdir(spec):
+            found = sorted(os.path.join(spec, f) for f in os.listdir(spec) if f.endswith(".jsonl"))
+            if not found:
+                common.usage_error(f"--tasks: {spec} holds no .jsonl task files")
+            files += found
+        else:
+            files.append(spec)
+    return files
+
+
+def _table(rows: list[dict]) -> str:
+    keys = [k for k in rows[0] if k.startswith("task/") and not k.endswith("/examples")]
+    head = ["step", *keys] if "step" in rows[0] else keys
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for r in rows:
+        lines.append(" | ".join(str(r[k]) if k == "step" else f"{r[k]:.4f}" for k in head))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.ERROR)  # orbax logs every restore
+    F = common.FLAGS
+    if not F.checkpoint:
+        common.usage_error("--checkpoint=DIR is required (a params checkpoint or a workdir)")
+    if not F.tasks:
+        common.usage_error("--tasks=FILE.jsonl,... is required")
+    if F.out and os.path.exists(F.out):
+        common.usage_error(f"--out={F.out} exists; choose a new path or remove it")
+    if F.rows < 1 or F.seq_len < 2:
+        common.usage_error("need --rows >= 1 and --seq_len >= 2")
+    if not os.path.isdir(F.checkpoint):
+        common.usage_error(f"--checkpoint={F.checkpoint}: no such directory")
+    from lingjax.checkpoint import CheckpointError, ParamsCheckpointError
+    from lingjax.data.tokenizer import TokenizerError
+    from lingjax.evaluate.checkpoints import evaluate_checkpoints
+    from lingjax.evaluate.tasks import TaskFileError, read_task
+
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            tasks = [read_task(p) for p in task_files(F.tasks, scratch)]
+        except TaskFileError as e:
+            common.usage_error(str(e))
+    rows = []
+    try:
+        for row in evaluate_checkpoints(
+            F.checkpoint,
+            tasks,
+            mode=F.mode,
+            rows=F.rows,
+            seq_len=F.seq_len,
+            tokenizer=F.tokenizer,
+        ):
+            rows.append(row)
+    except (CheckpointError, ParamsCheckpointError, TokenizerError, ValueError) as e:
+        common.usage_error(str(e))
+    if not rows:
+        common.usage_error(f"no checkpoint of {F.checkpoint} could be read")
+    print(_table(rows))
+    if F.out:
+        tmp = F.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"checkpoint": F.checkpoint, "mode": F.mode, "rows": rows}, f, indent=1)
+        os.replace(tmp, F.out)
+
+
+if __name__ == "__main__":
+    common.run(main)

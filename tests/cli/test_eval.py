@@ -1,0 +1,82 @@
+"""cli.eval: every checkpoint of a workdir scored on the bundled synthetic tasks (one row per
+step, JSON and a table), a checkpoint that disappears while it is read skipped with one line,
+and bad input answered with exit 2 and nothing written."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from lingjax.evaluate.checkpoints import evaluate_checkpoints
+from lingjax.evaluate.synthetic import NAMES, write_synthetic_tasks
+from lingjax.evaluate.tasks import read_task
+from tests.support.cli import run, train_run
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, corpus_dir):
+    wd = tmp_path_factory.mktemp("eval") / "run"
+    train_run(wd, corpus_dir)
+    return wd
+
+
+def test_every_checkpoint_of_a_run_gets_a_row(workdir, tmp_path):
+    out = tmp_path / "eval.json"
+    r = run(
+        "lingjax.cli.eval",
+        f"--checkpoint={workdir}",
+        "--tasks=synthetic",
+        "--synthetic_examples=6",
+        "--seq_len=128",
+        f"--out={out}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["mode"] == "blank"
+    rows = result["rows"]
+    assert [row["step"] for row in rows] == [2, 4, 6, 8, 10, 12]
+    for row in rows:
+        assert 0 <= row["task/copy/exact"] <= 1 and row["task/copy/bits_per_byte"] > 0
+        for name in ("brackets", "add", "docstring"):
+            assert 0 <= row[f"task/{name}/acc_token"] <= 1
+        assert row["task/add/examples"] == 6
+    assert "checkpoint 6/6 (step 12)" in r.stdout and "task/add/acc" in r.stdout
+
+
+def test_a_checkpoint_deleted_while_reading_is_skipped(workdir, tmp_path):
+    run_copy = tmp_path / "run"
+    shutil.copytree(workdir, run_copy)
+    shutil.rmtree(run_copy / "params_checkpoints" / "4" / "state")  # as retention would
+    tasks = [read_task(p) for p in write_synthetic_tasks(str(tmp_path / "t"), n=2)]
+    lines = []
+    rows = list(evaluate_checkpoints(str(run_copy), tasks, seq_len=128, log=lines.append))
+    assert [row["step"] for row in rows] == [2, 6, 8, 10, 12]
+    assert any(line.startswith("checkpoint 4 of") and "skipped" in line for line in lines)
+    assert set(NAMES) == {k.split("/")[1] for k in rows[0] if k.startswith("task/")}
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ([], "--checkpoint=DIR is required"),
+        (["--checkpoint=WD"], "--tasks=FILE.jsonl,... is required"),
+        (["--checkpoint=WD", "--tasks=BAD"], "bad.jsonl:2: field 'answer'"),
+        (["--checkpoint=/nonexistent", "--tasks=synthetic"], "no such directory"),
+        (["--checkpoint=WD", "--tasks=synthetic", "--out=EXISTS"], "exists"),
+        (["--checkpoint=WD", "--tasks=synthetic", "--synthetic_examples=0"], "at least one"),
+    ],
+)
+def test_bad_input_exits_2(workdir, tmp_path, args, match):
+    bad = tmp_path / "bad.jsonl"
+    good = '{"question": "q", "choices": ["a", "b"], "answer": 1}'
+    bad.write_text(good + '\n{"question": "q", "choices": ["a", "b"], "answer": 5}\n')
+    (tmp_path / "exists").write_text("keep me")
+    subs = {"WD": str(workdir), "BAD": str(bad), "EXISTS": str(tmp_path / "exists")}
+    for k, v in subs.items():
+        args = [a.replace(k, v) for a in args]
+    r = run("lingjax.cli.eval", *args)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert match in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "exists").read_text() == "keep me"
+    assert sorted(os.listdir(tmp_path)) == ["bad.jsonl", "exists"]
