@@ -1,17 +1,19 @@
 """Score checkpoints on task files: multiple choice (label, cloze, BOSE blank-ppl) and
 completion (exact greedy match, bits per byte).
 
-    python -m lingjax.cli.eval --checkpoint=runs/tiny --tasks=tasks/copy.jsonl,tasks/add.jsonl \
+    python -m lingjax.cli.eval --checkpoint=runs/tiny --tasks=copy.jsonl,add.jsonl \
         --out=runs/tiny/eval.json
     python -m lingjax.cli.eval --checkpoint=ckpt/merged --tasks=tasks_dir --mode=cloze
     python -m lingjax.cli.eval --checkpoint=runs/tiny --tasks=synthetic    # the bundled set
 
 --checkpoint is a params checkpoint (converted, merged) or a training workdir: then every
 checkpoint it holds is scored, one row per step, and one that the run's retention deletes while
-it is read is skipped with a line saying so. --tasks takes task files (JSON lines; the format is
-in lingjax/evaluate/tasks.py and the README) or directories of them. Results are printed as a
-table and, with --out, written as JSON ({"checkpoint", "mode", "rows": [...]}). Bad input (a
-missing checkpoint, a task file with a bad line, an existing --out) is one error and exit 2.
+it is read is skipped with a line saying so. --merge_last=K (MaP) adds the scores of the mean
+of the newest K checkpoints up to each step, as <metric>_merged. --tasks takes task files (JSON
+lines; the format is in lingjax/evaluate/tasks.py and the README) or directories of them.
+Results are printed as a table and, with --out, written as JSON ({"checkpoint", "mode",
+"rows": [...]}). Bad input (a missing checkpoint, a task file with a bad line, an existing
+--out) is one error and exit 2.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ flags.DEFINE_enum("mode", "blank", ["blank", "cloze", "label"], "Multiple-choice
 flags.DEFINE_integer("rows", 8, "Rows per scoring batch.")
 flags.DEFINE_integer("seq_len", 256, "Tokens per row; pairs are packed into rows.")
 flags.DEFINE_string("tokenizer", "", "byte or a tokenizer.json (default: the recorded one).")
+flags.DEFINE_integer(
+    "merge_last", 0, "MaP: also score the mean of the newest K checkpoints (a workdir; 0 = off)."
+)
 flags.DEFINE_string("out", None, "Write the results as JSON here (must not exist).")
 
 
@@ -58,11 +63,12 @@ def task_files(specs: list[str], scratch: str) -> list[str]:
 
 
 def _table(rows: list[dict]) -> str:
-    keys = [k for k in rows[0] if k.startswith("task/") and not k.endswith("/examples")]
+    keys = [k for k in rows[-1] if k.startswith("task/") and "/examples" not in k]
     head = ["step", *keys] if "step" in rows[0] else keys
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in rows:
-        lines.append(" | ".join(str(r[k]) if k == "step" else f"{r[k]:.4f}" for k in head))
+        cells = [str(r[k]) if k == "step" else f"{r[k]:.4f}" if k in r else "-" for k in head]
+        lines.append(" | ".join(cells))
     return "\n".join(lines)
 
 
@@ -99,6 +105,7 @@ def main(argv: list[str]) -> None:
             rows=F.rows,
             seq_len=F.seq_len,
             tokenizer=F.tokenizer,
+            merge_last=F.merge_last,
         ):
             rows.append(row)
     except (CheckpointError, ParamsCheckpointError, TokenizerError, ValueError) as e:

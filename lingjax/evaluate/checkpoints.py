@@ -6,11 +6,18 @@
 A workdir's full-state checkpoints and params-only copies are read newest-last, one at a
 time; a checkpoint that cannot be read (retention of a live run deleted it meanwhile, or it is
 damaged) is skipped with one line through `log`. The tokenizer is the one the artefact records.
+
+MaP (`merge_last=k`): each row also scores the uniform merge of the newest k readable
+checkpoints up to its step (fewer at the start of a run, from 2), under the same metric names
+with a `_merged` suffix; the merge is streamed into a temporary params checkpoint
+(lingjax.merge.weighted_average), so host memory stays about one model.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -21,7 +28,7 @@ from lingjax.checkpoint.run import CHECKPOINT_DIR, PARAMS_CHECKPOINT_DIR, restor
 from lingjax.data.tokenizer import recorded_tokenizer
 from lingjax.evaluate.scoring import Scorer
 from lingjax.evaluate.tasks import Task, evaluate_tasks
-from lingjax.merge.sources import run_steps
+from lingjax.merge import run_source, run_steps, weighted_average
 
 
 def evaluate_checkpoints(
@@ -32,6 +39,7 @@ def evaluate_checkpoints(
     rows: int = 8,
     seq_len: int = 256,
     tokenizer: str = "",
+    merge_last: int = 0,
     log: Callable[[str], None] = print,
 ) -> Iterator[dict[str, Any]]:
     """One row of metrics per checkpoint (module docstring); rows carry "step" for a workdir."""
@@ -40,10 +48,13 @@ def evaluate_checkpoints(
         cfg, variables = load_params(path)
         yield evaluate_tasks(tasks, Scorer(cfg, variables, rows=rows, seq_len=seq_len), tok, mode)
         return
+    if merge_last == 1 or merge_last < 0:
+        raise ValueError(f"merge_last={merge_last}: merge at least 2 checkpoints (0 = no merge)")
     cfg = read_run_config(path).model
     steps = run_steps(path)
     if not steps:
         raise ValueError(f"{path} holds no checkpoint yet; train longer or save one first")
+    readable: list[int] = []
     start = time.monotonic()
     for i, (step, kind) in enumerate(steps.items(), start=1):
         directory = os.path.join(
@@ -54,13 +65,25 @@ def evaluate_checkpoints(
         except Exception as e:  # orbax and tensorstore raise many types
             log(f"checkpoint {step} of {path} skipped: {first_line(e)}")
             continue
-        row = {
-            "step": step,
-            **evaluate_tasks(tasks, Scorer(cfg, variables, rows=rows, seq_len=seq_len), tok, mode),
-        }
+        score = functools.partial(evaluate_tasks, tasks, tok=tok, mode=mode)
+        row = {"step": step, **score(Scorer(cfg, variables, rows=rows, seq_len=seq_len))}
+        readable.append(step)
+        if merge_last and len(readable) >= 2:
+            merged = _merge(path, readable[-merge_last:], cfg)
+            scores = score(Scorer(cfg, merged, rows=rows, seq_len=seq_len))
+            row.update({f"{k}_merged": v for k, v in scores.items()})
         elapsed = time.monotonic() - start
         eta = elapsed / i * (len(steps) - i)
         log(
             f"checkpoint {i}/{len(steps)} (step {step}) | ETA {int(eta // 60)}m{int(eta % 60):02d}s"
         )
         yield row
+
+
+def _merge(path: str, steps: list[int], cfg) -> dict[str, Any]:
+    """The uniform merge of checkpoints `steps` of the run, as variables in memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "merged")
+        sources = [run_source(path, s, cfg) for s in steps]
+        weighted_average(sources, [1 / len(steps)] * len(steps), out)
+        return load_params(out)[1]

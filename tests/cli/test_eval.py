@@ -1,6 +1,7 @@
 """cli.eval: every checkpoint of a workdir scored on the bundled synthetic tasks (one row per
-step, JSON and a table), a checkpoint that disappears while it is read skipped with one line,
-and bad input answered with exit 2 and nothing written."""
+step, JSON and a table), MaP rows scoring the merge of the last checkpoints, a checkpoint that
+disappears while it is read skipped with one line, and bad input answered with exit 2 and
+nothing written."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import pytest
 from lingjax.evaluate.checkpoints import evaluate_checkpoints
 from lingjax.evaluate.synthetic import NAMES, write_synthetic_tasks
 from lingjax.evaluate.tasks import read_task
+from lingjax.merge import run_source, weighted_average
 from tests.support.cli import run, train_run
 
 
@@ -80,3 +82,18 @@ def test_bad_input_exits_2(workdir, tmp_path, args, match):
     assert match in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "exists").read_text() == "keep me"
     assert sorted(os.listdir(tmp_path)) == ["bad.jsonl", "exists"]
+
+
+def test_map_rows_score_the_merge_of_the_last_checkpoints(workdir, tmp_path):
+    tasks = [read_task(p) for p in write_synthetic_tasks(str(tmp_path / "t"), n=3)]
+    rows = list(evaluate_checkpoints(str(workdir), tasks, seq_len=128, merge_last=3, log=print))
+    assert "task/copy/bits_per_byte_merged" not in rows[0]  # one checkpoint: nothing to merge
+    # The last row's merge is the mean of steps 8, 10 and 12, scored like any params checkpoint.
+    merged = tmp_path / "m"
+    weighted_average([run_source(str(workdir), s) for s in (8, 10, 12)], [1 / 3] * 3, str(merged))
+    (want,) = evaluate_checkpoints(str(merged), tasks, seq_len=128, tokenizer="byte")
+    for k, v in want.items():
+        assert rows[-1][f"{k}_merged"] == pytest.approx(v, rel=1e-6), k
+    assert rows[-1]["task/copy/bits_per_byte_merged"] != rows[-1]["task/copy/bits_per_byte"]
+    with pytest.raises(ValueError, match="merge at least 2"):
+        next(evaluate_checkpoints(str(workdir), tasks, merge_last=1))

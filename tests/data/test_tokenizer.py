@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from lingjax.data import ByteTokenizer, HFTokenizer, TokenizerError, load_tokenizer
-from lingjax.data.tokenizer import tokenizer_fingerprint
+from lingjax.data.tokenizer import (
+    recorded_tokenizer,
+    tokenizer_fingerprint,
+    tokenizer_record,
+    write_tokenizer_record,
+)
 from tests.support.corpora import WORDS, word_tokenizer
 
 
@@ -100,3 +105,28 @@ def test_tokenizer_errors(tmp_path):
         tokenizer_fingerprint(str(tmp_path / "missing.json"))
     assert tokenizer_fingerprint("byte") == ("byte", ByteTokenizer.sha256)
     assert isinstance(load_tokenizer("byte"), ByteTokenizer)
+
+
+def test_an_explicit_tokenizer_is_checked_against_the_record(tmp_path):
+    path = word_tokenizer(tmp_path / "tokenizer.json", bos=True)
+    hf = load_tokenizer(path)
+    cases = {
+        "byte-unhashed": {"kind": "byte", "sha256": ""},  # a corpus written without a hash
+        "byte": tokenizer_record(ByteTokenizer()),
+        "hf": tokenizer_record(hf),
+        "hf-unhashed": {"kind": "hf", "sha256": ""},
+    }
+    for name, record in cases.items():
+        d = tmp_path / name
+        d.mkdir()
+        write_tokenizer_record(str(d), {**tokenizer_record(ByteTokenizer()), **record})
+    assert isinstance(recorded_tokenizer(tmp_path / "byte-unhashed", "byte"), ByteTokenizer)
+    assert isinstance(recorded_tokenizer(tmp_path / "byte", "byte"), ByteTokenizer)
+    assert recorded_tokenizer(tmp_path / "hf", path).sha256 == hf.sha256
+    assert recorded_tokenizer(tmp_path / "hf-unhashed", path).sha256 == hf.sha256
+    for name, spec in [("hf", "byte"), ("byte", path), ("byte-unhashed", path)]:
+        with pytest.raises(TokenizerError, match="drop --tokenizer"):
+            recorded_tokenizer(tmp_path / name, spec)
+    other = word_tokenizer(tmp_path / "other.json", specials=("</s>", "<pad>"))
+    with pytest.raises(TokenizerError, match="drop --tokenizer"):
+        recorded_tokenizer(tmp_path / "hf", other)
