@@ -1,8 +1,14 @@
-"""Evaluation: generation with a KV cache (prefill + decode; greedy, temperature, top-p).
+"""Evaluation: generation with a KV cache (prefill + decode; greedy, temperature, top-p), packed
+log-likelihood scoring of (context, continuation) pairs, task files (multiple choice: label,
+cloze, BOSE blank-ppl; completion), pass@k and Kendall's tau, and the scores of every
+checkpoint of a run (with MaP merges).
 
 out = lingjax.generate(cfg.model, variables, [[5, 6, 7]], max_new_tokens=16)
+scores = Scorer(cfg.model, variables)([(context_ids, continuation_ids), ...])
+rows = list(evaluate_checkpoints("runs/x", [read_task("copy.jsonl")], merge_last=3))
 """
 
+from lingjax.evaluate.checkpoints import evaluate_checkpoints
 from lingjax.evaluate.generation import (
     Generation,
     generate,
@@ -12,13 +18,44 @@ from lingjax.evaluate.generation import (
     sample,
     step,
 )
+from lingjax.evaluate.scoring import Packed, Scorer, Scores, pack
+from lingjax.evaluate.stats import kendall_tau, mean_pass_at_k, pass_at_k
+from lingjax.evaluate.synthetic import synthetic_tasks, write_synthetic_tasks
+from lingjax.evaluate.tasks import (
+    MODES,
+    NORMS,
+    Task,
+    TaskFileError,
+    choice_texts,
+    evaluate_task,
+    evaluate_tasks,
+    read_task,
+)
 
 __all__ = [
+    "MODES",
+    "NORMS",
     "Generation",
+    "Packed",
+    "Scorer",
+    "Scores",
+    "Task",
+    "TaskFileError",
+    "choice_texts",
+    "evaluate_checkpoints",
+    "evaluate_task",
+    "evaluate_tasks",
     "generate",
     "inference_config",
     "init_cache",
+    "kendall_tau",
+    "mean_pass_at_k",
+    "pack",
     "pad_prompts",
+    "pass_at_k",
+    "read_task",
     "sample",
     "step",
+    "synthetic_tasks",
+    "write_synthetic_tasks",
 ]

@@ -4,7 +4,9 @@
 - `brackets` (multiple choice, cloze): the bracket that closes a nested sequence;
 - `add` (multiple choice, cloze): the sum of two small numbers among three near misses;
 - `docstring` (multiple choice, blank-ppl): a word of a standard-library docstring sentence
-  in a blank, against three words of other sentences.
+  in a blank, against three words of other sentences;
+- `lines` (completion): the end of a line of standard-library code (up to 12 characters), after
+  the line before it and the line's start.
 
     write_synthetic_tasks("tasks/")           # tasks/copy.jsonl, brackets.jsonl, add.jsonl, ...
     python -m lingjax.cli.eval --checkpoint=runs/tiny --tasks=synthetic
@@ -24,7 +26,7 @@ import re
 
 from lingjax.data.default_corpus import stdlib_source_files
 
-NAMES = ("copy", "brackets", "add", "docstring")
+NAMES = ("copy", "brackets", "add", "docstring", "lines")
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
 
 
@@ -94,6 +96,27 @@ def _docstrings(rng: random.Random, n: int) -> list[dict]:
     return out
 
 
+def _lines(rng: random.Random, n: int) -> list[dict]:
+    files = stdlib_source_files()
+    out = []
+    for path in rng.sample(files, min(len(files), 4 * n)):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [x.rstrip() for x in f.read().splitlines()]
+        code = [
+            i for i in range(1, len(lines)) if len(lines[i].strip()) >= 16 and lines[i - 1].strip()
+        ]
+        if not code:
+            continue
+        i = rng.choice(code)
+        cut = max(len(lines[i]) - 12, len(lines[i]) // 2)
+        out.append(
+            {"context": lines[i - 1] + "\n" + lines[i][:cut], "continuation": lines[i][cut:]}
+        )
+        if len(out) == n:
+            break
+    return out
+
+
 def synthetic_tasks(n: int = 64, seed: int = 0) -> dict[str, list[dict]]:
     """{task name: examples}, `n` examples per task."""
     if n < 1:
@@ -104,6 +127,7 @@ def synthetic_tasks(n: int = 64, seed: int = 0) -> dict[str, list[dict]]:
         "brackets": [_brackets(rng) for _ in range(n)],
         "add": [_add(rng) for _ in range(n)],
         "docstring": _docstrings(rng, n),
+        "lines": _lines(rng, n),
     }
 
 

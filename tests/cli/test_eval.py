@@ -39,7 +39,8 @@ def test_every_checkpoint_of_a_run_gets_a_row(workdir, tmp_path):
     rows = result["rows"]
     assert [row["step"] for row in rows] == [2, 4, 6, 8, 10, 12]
     for row in rows:
-        assert 0 <= row["task/copy/exact"] <= 1 and row["task/copy/bits_per_byte"] > 0
+        for name in ("copy", "lines"):
+            assert 0 <= row[f"task/{name}/exact"] <= 1 and row[f"task/{name}/bits_per_byte"] > 0
         for name in ("brackets", "add", "docstring"):
             assert 0 <= row[f"task/{name}/acc_token"] <= 1
         assert row["task/add/examples"] == 6
