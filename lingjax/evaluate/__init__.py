@@ -18,6 +18,7 @@ from lingjax.evaluate.generation import (
     sample,
     step,
 )
+from lingjax.evaluate.routing import RoutingStats, js_divergence, plot_routing, routing_by_domain
 from lingjax.evaluate.scoring import Packed, Scorer, Scores, pack
 from lingjax.evaluate.stats import kendall_tau, mean_pass_at_k, pass_at_k
 from lingjax.evaluate.synthetic import synthetic_tasks, write_synthetic_tasks
@@ -37,6 +38,7 @@ __all__ = [
     "NORMS",
     "Generation",
     "Packed",
+    "RoutingStats",
     "Scorer",
     "Scores",
     "Task",
@@ -48,12 +50,15 @@ __all__ = [
     "generate",
     "inference_config",
     "init_cache",
+    "js_divergence",
     "kendall_tau",
     "mean_pass_at_k",
     "pack",
     "pad_prompts",
     "pass_at_k",
+    "plot_routing",
     "read_task",
+    "routing_by_domain",
     "sample",
     "step",
     "synthetic_tasks",

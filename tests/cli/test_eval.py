@@ -9,11 +9,14 @@ import shutil
 
 import pytest
 
+from lingjax.data import ByteTokenizer, write_corpus
 from lingjax.evaluate.checkpoints import evaluate_checkpoints
 from lingjax.evaluate.synthetic import NAMES, write_synthetic_tasks
 from lingjax.evaluate.tasks import read_task
 from lingjax.merge import run_source, weighted_average
 from tests.support.cli import run, train_run
+
+WORDS = ("value", "name", "path", "size", "index", "key", "line", "file")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def test_a_checkpoint_deleted_while_reading_is_skipped(workdir, tmp_path):
     "args, match",
     [
         ([], "--checkpoint=DIR is required"),
-        (["--checkpoint=WD"], "--tasks=FILE.jsonl,... is required"),
+        (["--checkpoint=WD"], "--tasks=FILE.jsonl,... (or --routing"),
         (["--checkpoint=WD", "--tasks=BAD"], "bad.jsonl:2: field 'answer'"),
         (["--checkpoint=/nonexistent", "--tasks=synthetic"], "no such directory"),
         (["--checkpoint=WD", "--tasks=synthetic", "--out=EXISTS"], "exists"),
@@ -98,3 +101,36 @@ def test_map_rows_score_the_merge_of_the_last_checkpoints(workdir, tmp_path):
     assert rows[-1]["task/copy/bits_per_byte_merged"] != rows[-1]["task/copy/bits_per_byte"]
     with pytest.raises(ValueError, match="merge at least 2"):
         next(evaluate_checkpoints(str(workdir), tasks, merge_last=1))
+
+
+def test_routing_by_domain_writes_json_and_heatmaps(workdir, corpus_dir, tmp_path):
+    docs = tmp_path / "docs"
+    tok = ByteTokenizer()
+    texts = [
+        f"Return the {w} of the {v}, or None if there is no {w}." * 3 for w in WORDS for v in WORDS
+    ]
+    write_corpus(
+        (tok.encode(t) for t in texts),
+        str(docs),
+        tokenizer="byte",
+        vocab_size=tok.vocab_size,
+        domain="docs",
+    )
+    out, png = tmp_path / "routing.json", tmp_path / "routing.png"
+    r = run(
+        "lingjax.cli.eval",
+        f"--checkpoint={workdir}",
+        f"--routing=code={corpus_dir},docs={docs}",
+        "--routing_batches=2",
+        "--seq_len=64",
+        f"--out={out}",
+        f"--plot={png}",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    routing = json.loads(out.read_text())["routing"]
+    assert routing["domains"] == ["code", "docs"]
+    d = routing["divergence"]
+    assert d[0][0] == d[1][1] == 0 and 0 < d[0][1] == d[1][0] <= 1
+    assert png.stat().st_size > 1000 and "Jensen-Shannon" in r.stdout
+    r = run("lingjax.cli.eval", f"--checkpoint={workdir}", f"--routing=code={corpus_dir}")
+    assert r.returncode == 2 and "at least 2" in r.stderr
