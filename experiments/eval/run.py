@@ -7,13 +7,16 @@ The README's main job (tiny on the default corpus, 150 steps) with a params-only
 25 steps, plus a longer run; every copy scored on the synthetic tasks (lingjax.evaluate, 64
 examples a task, BOSE blank-ppl mode), alone and as the mean of the newest 3 (MaP). Stability
 is Kendall's tau-b between a metric and the step (BOSE); noise is the mean absolute change
-between neighbouring checkpoints. Writes results.json and eval.png here; prints RESULTS.md's
-table.
+between neighbouring checkpoints. Then routing analytics of the last checkpoint: expert
+activation on standard-library code, on its docstrings, and on a second, disjoint half of the
+code (the control: how much two samples of one domain differ). Writes results.json, eval.png
+and routing.png here; prints RESULTS.md's tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import json
 import os
@@ -24,7 +27,11 @@ import jax
 import numpy as np
 
 from lingjax import configs
+from lingjax.checkpoint import load
+from lingjax.data import ByteTokenizer, write_corpus
+from lingjax.data.default_corpus import stdlib_source_files
 from lingjax.evaluate.checkpoints import evaluate_checkpoints
+from lingjax.evaluate.routing import plot_routing, routing_by_domain
 from lingjax.evaluate.stats import kendall_tau
 from lingjax.evaluate.synthetic import write_synthetic_tasks
 from lingjax.evaluate.tasks import read_task
@@ -75,9 +82,15 @@ def main() -> None:
             "noise": float(np.mean(np.abs(np.diff(raw[m])))),
             "noise_merged": float(np.mean(np.abs(np.diff(merged[m])))),
         }
+    here = os.path.dirname(os.path.abspath(__file__))
+    stats = routing_by_domain(
+        *load(workdir), _domains(os.path.join(a.out, "corpora")), batches=32, eval_fraction=0.2
+    )
+    plot_routing(stats, os.path.join(here, "routing.png"))
     results = {
         "rows": rows,
         "summary": summary,
+        "routing": stats.as_dict(),
         "env": {
             "date": str(datetime.date.today()),
             "jax": jax.__version__,
@@ -86,7 +99,6 @@ def main() -> None:
             "command": " ".join(["python", *sys.argv]),
         },
     }
-    here = os.path.dirname(os.path.abspath(__file__))
     with open(os.path.join(here, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     _plot(rows, os.path.join(here, "eval.png"))
@@ -97,6 +109,46 @@ def main() -> None:
             f"| {key} | {s['first']:.3f} | {s['last']:.3f} | {s['tau']:.2f} | "
             f"{s['tau_merged']:.2f} | {s['noise']:.3f} | {s['noise_merged']:.3f} |"
         )
+    print("\nJensen-Shannon divergence of expert activation (bits), per MoE layer")
+    names = stats.domains
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            per_layer = ", ".join(f"{x:.4f}" for x in stats.layer_divergence[:, i, j])
+            print(f"| {names[i]} vs {names[j]} | {per_layer} | {stats.divergence[i, j]:.4f} |")
+    spec = stats.specialisation
+    print(f"specialisation: mean {spec.mean():.3f}, max {spec.max():.3f}")
+
+
+def _domains(root: str) -> dict[str, str]:
+    """Corpora of standard-library code (two disjoint halves of the modules) and docstrings."""
+    files = stdlib_source_files()
+    texts = {"code": [], "code2": [], "docs": []}
+    for i, path in enumerate(files):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            source = f.read()
+        texts["code" if i % 2 else "code2"].append(source)
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) > 64:
+                    texts["docs"].append(doc)
+    tok, out = ByteTokenizer(), {}
+    for name, docs in texts.items():
+        path = os.path.join(root, name)
+        if not os.path.isdir(path):
+            write_corpus(
+                (tok.encode(t) for t in docs),
+                path,
+                tokenizer=tok.name,
+                vocab_size=tok.vocab_size,
+                domain=name,
+            )
+        out[name] = path
+    return out
 
 
 def _plot(rows: list[dict], path: str) -> None:
