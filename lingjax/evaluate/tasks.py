@@ -7,6 +7,22 @@ is task `copy`). Each line is one of:
     {"question": "2+2=", "choices": ["3", "4"], "answer": 1}                 multiple choice
     {"question": ..., "choices": [...], "answer": 0, "blank": "It is ___."}   + blank-ppl
     {"context": "abc abc ab", "continuation": "c"}                            completion
+    {"prompt": "3 + 4 =", "answer": "7"}                    generative (answer: str or list)
+
+A generative task may start with a header line of ICLiP settings (In-Context Light-instruction
+Prompt, BOSE), all optional:
+
+    {"iclip": {"instruction": "Add the numbers.", "shots": 2, "answer_prefix": " Answer:",
+               "stop": ["\n"], "regex": "(-?\\d+)", "max_new_tokens": 16,
+               "samples": 1, "temperature": 0.0, "k": [1]}}
+
+The first `shots` examples become the exemplars (and are not scored); each prompt is the
+instruction, the exemplars ("<prompt><answer_prefix> <answer>" each, a blank line between) and
+"<prompt><answer_prefix>". Generations are cut at the first stop string; the answer is the
+regex's first group (or its match) if a regex is given, else the stripped text; it is right if
+it equals one of the answers. With samples = n > 1 (temperature > 0), `pass@k` for every k is
+the unbiased estimate from the n samples (lingjax.evaluate.stats); greedy decoding reports
+`exact`.
 
 Multiple-choice modes, each scoring every option and picking the most likely one:
 - `label`: the options listed as "A. ...", and the label (" A", " B", ...) scored after
@@ -28,6 +44,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,10 +63,69 @@ class TaskFileError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class ICLiP:
+    """How a generative task prompts, stops, extracts and samples (module docstring)."""
+
+    instruction: str = ""
+    shots: int = 0
+    answer_prefix: str = " Answer:"
+    stop: tuple[str, ...] = ("\n",)
+    regex: str = ""
+    max_new_tokens: int = 32
+    samples: int = 1
+    temperature: float = 0.0
+    k: tuple[int, ...] = (1,)
+
+
+def _iclip(path: str, line: int, spec: Any) -> ICLiP:
+    where = f"{path}:{line}: iclip"
+    if not isinstance(spec, dict):
+        raise TaskFileError(f"{where} must be an object")
+    fields = {f.name: f for f in dataclasses.fields(ICLiP)}
+    unknown = sorted(set(spec) - set(fields))
+    if unknown:
+        raise TaskFileError(f"{where}: unknown keys {unknown}; known: {sorted(fields)}")
+    try:
+        c = ICLiP(
+            **{
+                k: tuple(v) if k in ("stop", "k") and isinstance(v, list) else v
+                for k, v in spec.items()
+            }
+        )
+    except TypeError as e:
+        raise TaskFileError(f"{where}: {e}") from None
+    if not isinstance(c.stop, tuple) or not all(isinstance(x, str) and x for x in c.stop):
+        raise TaskFileError(f"{where}: stop must be a list of non-empty strings")
+    if not isinstance(c.k, tuple) or not c.k:
+        raise TaskFileError(f"{where}: k must be a non-empty list of integers")
+    for key in ("instruction", "answer_prefix", "regex"):
+        if not isinstance(getattr(c, key), str):
+            raise TaskFileError(f"{where}: {key} must be a string")
+    if not isinstance(c.temperature, (int, float)) or c.temperature < 0:
+        raise TaskFileError(f"{where}: temperature must be a number >= 0")
+    if not isinstance(c.shots, int) or c.shots < 0:
+        raise TaskFileError(f"{where}: shots must be an integer >= 0, got {c.shots!r}")
+    if not isinstance(c.max_new_tokens, int) or c.max_new_tokens < 1:
+        raise TaskFileError(f"{where}: max_new_tokens must be an integer >= 1")
+    if not isinstance(c.samples, int) or c.samples < 1:
+        raise TaskFileError(f"{where}: samples must be an integer >= 1")
+    if not all(isinstance(k, int) and 1 <= k <= c.samples for k in c.k):
+        raise TaskFileError(f"{where}: every k must be in 1..samples={c.samples}, got {list(c.k)}")
+    if c.samples > 1 and not c.temperature > 0:
+        raise TaskFileError(f"{where}: samples={c.samples} needs temperature > 0 (greedy repeats)")
+    try:
+        re.compile(c.regex)
+    except re.error as e:
+        raise TaskFileError(f"{where}: regex {c.regex!r} does not compile ({e})") from None
+    return c
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
     name: str
-    kind: str  # "choice" or "completion"
+    kind: str  # "choice", "completion" or "generative"
     examples: tuple[dict[str, Any], ...]
+    iclip: ICLiP | None = None  # generative tasks
 
 
 def _check_example(path: str, line: int, ex: Any) -> str:
@@ -85,14 +161,23 @@ def _check_example(path: str, line: int, ex: Any) -> str:
                 f"{where}: field 'blank' must be a string with exactly one {BLANK!r}"
             )
         return "choice"
+    if "prompt" in ex:
+        answer = ex.get("answer")
+        answers = answer if isinstance(answer, list) else [answer]
+        if not isinstance(ex["prompt"], str) or not ex["prompt"]:
+            raise TaskFileError(f"{where}: field 'prompt' must be a non-empty string")
+        if not answers or not all(isinstance(a, str) for a in answers):
+            raise TaskFileError(f"{where}: field 'answer' must be a string or a list of strings")
+        return "generative"
     if "continuation" in ex:
         for key in ("context", "continuation"):
             if not isinstance(ex.get(key), str) or not ex[key]:
                 raise TaskFileError(f"{where}: field {key!r} must be a non-empty string")
         return "completion"
     raise TaskFileError(
-        f"{where}: an example needs 'question'/'choices'/'answer' (multiple choice) or "
-        f"'context'/'continuation' (completion); got keys {sorted(ex)}"
+        f"{where}: an example needs 'question'/'choices'/'answer' (multiple choice), "
+        f"'context'/'continuation' (completion) or 'prompt'/'answer' (generative); got keys "
+        f"{sorted(ex)}"
     )
 
 
@@ -100,7 +185,7 @@ def read_task(path: str) -> Task:
     """A task file, checked line by line; TaskFileError names the file, line and field."""
     if not os.path.isfile(path):
         raise TaskFileError(f"{path}: no such task file")
-    examples, kinds = [], set()
+    examples, kinds, iclip = [], set(), None
     with open(path, encoding="utf-8") as f:
         for n, text in enumerate(f, start=1):
             if not text.strip():
@@ -109,14 +194,28 @@ def read_task(path: str) -> Task:
                 ex = json.loads(text)
             except json.JSONDecodeError as e:
                 raise TaskFileError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if isinstance(ex, dict) and "iclip" in ex:
+                if examples or iclip is not None:
+                    raise TaskFileError(f"{path}:{n}: the iclip header must be the first line")
+                iclip = _iclip(path, n, ex["iclip"])
+                continue
             kinds.add(_check_example(path, n, ex))
             examples.append(ex)
     if not examples:
         raise TaskFileError(f"{path}: no examples")
     if len(kinds) > 1:
-        raise TaskFileError(f"{path}: mixes multiple-choice and completion examples; split them")
+        raise TaskFileError(f"{path}: mixes kinds of examples ({sorted(kinds)}); split them")
+    kind = kinds.pop()
+    if iclip is not None and kind != "generative":
+        raise TaskFileError(f"{path}: an iclip header applies to generative tasks only")
+    if kind == "generative":
+        iclip = iclip or ICLiP()
+        if iclip.shots >= len(examples):
+            raise TaskFileError(
+                f"{path}: shots={iclip.shots} leaves no example to score ({len(examples)} in all)"
+            )
     name = os.path.splitext(os.path.basename(path))[0]
-    return Task(name, kinds.pop(), tuple(examples))
+    return Task(name, kind, tuple(examples), iclip)
 
 
 def choice_texts(ex: dict[str, Any], mode: str) -> list[tuple[str, str]]:
@@ -138,15 +237,21 @@ def _encode(tok, text: str) -> list[int]:
     return [int(t) for t in tok.encode(text)]
 
 
-def _pair(tok, ctx: str, cont: str) -> tuple[list[int], list[int]]:
-    """Token ids; the context starts with the BOS (or EOS) id so it is never empty."""
+def _start(tok) -> int:
+    """The id every context and prompt starts with: the BOS id, else the EOS id."""
     start = getattr(tok, "bos_id", None)
-    start = tok.eos_id if start is None else start
-    return [start, *_encode(tok, ctx)], _encode(tok, cont)
+    return tok.eos_id if start is None else start
+
+
+def _pair(tok, ctx: str, cont: str) -> tuple[list[int], list[int]]:
+    """Token ids; the context starts with `_start` so it is never empty."""
+    return [_start(tok), *_encode(tok, ctx)], _encode(tok, cont)
 
 
 def evaluate_task(task: Task, scorer: Scorer, tok, mode: str = "blank") -> dict[str, float]:
     """The task's metrics (module docstring)."""
+    if task.kind == "generative":
+        return evaluate_generative(task, scorer.model_cfg, scorer.variables, tok, rows=scorer.rows)
     if task.kind == "completion":
         pairs = [_pair(tok, ex["context"], ex["continuation"]) for ex in task.examples]
         s = scorer(pairs)
@@ -176,6 +281,62 @@ def evaluate_task(task: Task, scorer: Scorer, tok, mode: str = "blank") -> dict[
         ]
         out["acc" if norm == "none" else f"acc_{norm}"] = float(np.mean(right))
     out["examples"] = float(len(task.examples))
+    return out
+
+
+def iclip_prompt(task: Task, ex: dict[str, Any]) -> str:
+    """The prompt of one generative example: instruction, exemplars, the question."""
+    c = task.iclip or ICLiP()
+    parts = [c.instruction] if c.instruction else []
+    for shot in task.examples[: c.shots]:
+        answer = shot["answer"][0] if isinstance(shot["answer"], list) else shot["answer"]
+        parts.append(f"{shot['prompt']}{c.answer_prefix} {answer}")
+    return "\n\n".join([*parts, f"{ex['prompt']}{c.answer_prefix}"])
+
+
+def extract_answer(text: str, c: ICLiP) -> str:
+    """The generation cut at the first stop string, then the regex's answer (or stripped)."""
+    cut = min([i for s in c.stop if s and (i := text.find(s)) >= 0] or [len(text)])
+    text = text[:cut]
+    if c.regex:
+        m = re.search(c.regex, text)
+        if not m:
+            return ""
+        return (m.group(1) if m.groups() else m.group(0)).strip()
+    return text.strip()
+
+
+def evaluate_generative(
+    task: Task, model_cfg, variables, tok, *, rows: int = 8
+) -> dict[str, float]:
+    """Generate for every scored example (batches of `rows` prompts, `samples` each) and grade."""
+    from lingjax.evaluate.generation import generate
+    from lingjax.evaluate.stats import mean_pass_at_k
+
+    c = task.iclip or ICLiP()
+    scored = task.examples[c.shots :]
+    prompts = [[_start(tok), *_encode(tok, iclip_prompt(task, ex))] for ex in scored]
+    correct = np.zeros(len(scored), np.int64)
+    for sample in range(c.samples):
+        for lo in range(0, len(prompts), rows):
+            out = generate(
+                model_cfg,
+                variables,
+                prompts[lo : lo + rows],
+                max_new_tokens=c.max_new_tokens,
+                temperature=c.temperature,
+                eos_id=-1 if tok.eos_id is None else tok.eos_id,
+                seed=sample * len(prompts) + lo,
+            )
+            for j, ids in enumerate(out.as_lists()):
+                ex = scored[lo + j]
+                answers = ex["answer"] if isinstance(ex["answer"], list) else [ex["answer"]]
+                correct[lo + j] += extract_answer(tok.decode(ids), c) in answers
+    out = {"examples": float(len(scored))}
+    if c.samples == 1:
+        out["exact"] = float(np.mean(correct))
+    for k in c.k:
+        out[f"pass@{k}"] = mean_pass_at_k([(c.samples, int(x)) for x in correct], k)
     return out
 
 
