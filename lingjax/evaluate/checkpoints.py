@@ -44,6 +44,11 @@ def evaluate_checkpoints(
 ) -> Iterator[dict[str, Any]]:
     """One row of metrics per checkpoint (module docstring); rows carry "step" for a workdir."""
     tok = recorded_tokenizer(path, tokenizer)
+    if merge_last and not is_run_dir(path):
+        raise ValueError(
+            f"merge_last={merge_last} merges a run's checkpoints, but {path} is one params "
+            "checkpoint; pass the training workdir, or merge with lingjax.cli.merge first"
+        )
     if not is_run_dir(path):
         cfg, variables = load_params(path)
         yield evaluate_tasks(tasks, Scorer(cfg, variables, rows=rows, seq_len=seq_len), tok, mode)

@@ -99,6 +99,8 @@ def test_map_rows_score_the_merge_of_the_last_checkpoints(workdir, tmp_path):
     for k, v in want.items():
         assert rows[-1][f"{k}_merged"] == pytest.approx(v, rel=1e-6), k
     assert rows[-1]["task/copy/bits_per_byte_merged"] != rows[-1]["task/copy/bits_per_byte"]
+    with pytest.raises(ValueError, match="is one params checkpoint"):
+        next(evaluate_checkpoints(str(merged), tasks, merge_last=3, tokenizer="byte"))
     with pytest.raises(ValueError, match="merge at least 2"):
         next(evaluate_checkpoints(str(workdir), tasks, merge_last=1))
 
