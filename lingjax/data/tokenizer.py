@@ -296,10 +296,11 @@ def recorded_tokenizer(directory: str | os.PathLike, spec: str = "") -> ByteToke
         tok = load_tokenizer(spec)
         # The byte tokenizer has no file to hash, and "" records an unknown hash (a corpus
         # written without one): then the kinds must agree.
-        known = tok.kind != "byte" and record is not None and record["sha256"]
-        if record is not None and (
-            tok.kind != record["kind"] or (known and tok.sha256 != record["sha256"])
-        ):
+        differs = record is not None and (
+            tok.kind != record["kind"]
+            or (tok.kind != "byte" and record["sha256"] and tok.sha256 != record["sha256"])
+        )
+        if differs:
             raise TokenizerError(
                 f"--tokenizer={spec} is {describe(tok.kind, tok.sha256)}, but {directory} was "
                 f"made with {describe(record['kind'], record['sha256'])}; drop --tokenizer to use "

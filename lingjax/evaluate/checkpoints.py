@@ -10,7 +10,8 @@ damaged) is skipped with one line through `log`. The tokenizer is the one the ar
 MaP (`merge_last=k`): each row also scores the uniform merge of the newest k readable
 checkpoints up to its step (fewer at the start of a run, from 2), under the same metric names
 with a `_merged` suffix; the merge is streamed into a temporary params checkpoint
-(lingjax.merge.weighted_average), so host memory stays about one model.
+(lingjax.merge.weighted_average) and loaded, so the host holds two models at a time (the
+checkpoint and the merge), never k.
 """
 
 from __future__ import annotations
@@ -43,18 +44,19 @@ def evaluate_checkpoints(
     log: Callable[[str], None] = print,
 ) -> Iterator[dict[str, Any]]:
     """One row of metrics per checkpoint (module docstring); rows carry "step" for a workdir."""
-    tok = recorded_tokenizer(path, tokenizer)
-    if merge_last and not is_run_dir(path):
-        raise ValueError(
-            f"merge_last={merge_last} merges a run's checkpoints, but {path} is one params "
-            "checkpoint; pass the training workdir, or merge with lingjax.cli.merge first"
-        )
-    if not is_run_dir(path):
-        cfg, variables = load_params(path)
-        yield evaluate_tasks(tasks, Scorer(cfg, variables, rows=rows, seq_len=seq_len), tok, mode)
-        return
     if merge_last == 1 or merge_last < 0:
         raise ValueError(f"merge_last={merge_last}: merge at least 2 checkpoints (0 = no merge)")
+    tok = recorded_tokenizer(path, tokenizer)
+    score = functools.partial(evaluate_tasks, tasks, tok=tok, mode=mode)
+    if not is_run_dir(path):
+        if merge_last:
+            raise ValueError(
+                f"merge_last={merge_last} merges a run's checkpoints, but {path} is one params "
+                "checkpoint; pass the training workdir, or merge with lingjax.cli.merge first"
+            )
+        cfg, variables = load_params(path)
+        yield score(Scorer(cfg, variables, rows=rows, seq_len=seq_len))
+        return
     cfg = read_run_config(path).model
     steps = run_steps(path)
     if not steps:
@@ -70,7 +72,6 @@ def evaluate_checkpoints(
         except Exception as e:  # orbax and tensorstore raise many types
             log(f"checkpoint {step} of {path} skipped: {first_line(e)}")
             continue
-        score = functools.partial(evaluate_tasks, tasks, tok=tok, mode=mode)
         row = {"step": step, **score(Scorer(cfg, variables, rows=rows, seq_len=seq_len))}
         readable.append(step)
         if merge_last and len(readable) >= 2:
