@@ -95,7 +95,7 @@ def main() -> None:
             "train.lr": 1e-3,
             "train.log_every": 20,
             "data.eval_fraction": 0.05,
-            "data.eval_batches": 8,
+            "eval.batches": 8,
             "mesh.data": 1,
         },
     )

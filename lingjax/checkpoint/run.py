@@ -58,13 +58,22 @@ def read_run_config(workdir: str | os.PathLike) -> Config:
         raise ParamsCheckpointError(f"{path}: {e}") from None
 
 
-def _variables_target(model_cfg: ModelConfig, sharding: jax.sharding.Sharding) -> dict[str, Any]:
+def _variables_target(model_cfg: ModelConfig, sharding: Any) -> dict[str, Any]:
+    """Abstract {"params", "buffers"} placed by `sharding`: one Sharding for every leaf, or a
+    tree of them of the variables' structure (a training state's layout)."""
     import flax.linen as nn
 
     abstract = nn.unbox(abstract_variables(model_cfg))
-    return jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
-    )
+    if isinstance(sharding, jax.sharding.Sharding):
+        return jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
+        )
+    return {
+        k: jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sharding[k]
+        )
+        for k, tree in abstract.items()
+    }
 
 
 def restore_variables(
@@ -72,7 +81,8 @@ def restore_variables(
 ) -> dict[str, Any]:
     """{"params", "buffers"} of the train state in checkpoint `step` of a run's checkpoints/
     directory: a partial restore of the `state` item, so the optimizer moments (about twice the
-    parameters) are never read. Raises on any problem (missing step, damaged files)."""
+    parameters) are never read. `sharding`: one Sharding or a tree of them (default: the first
+    local device). Raises on any problem (missing step, damaged files)."""
     import orbax.checkpoint as ocp
 
     validate_step(checkpoint_dir, step, ["state"])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 from absl import flags, logging
 
@@ -46,27 +45,6 @@ flags.DEFINE_list(
 flags.DEFINE_integer("routing_batches", 4, "--routing: held-out batches read per domain.")
 flags.DEFINE_string("plot", None, "--routing: write the heatmaps to this PNG.")
 flags.DEFINE_string("out", None, "Write the results as JSON here (must not exist).")
-
-
-def task_files(specs: list[str], scratch: str) -> list[str]:
-    """The task files --tasks names; 'synthetic' writes the bundled set into `scratch`."""
-    from lingjax.evaluate.synthetic import write_synthetic_tasks
-
-    files = []
-    for spec in specs:
-        if spec == "synthetic":
-            try:
-                files += write_synthetic_tasks(scratch, n=common.FLAGS.synthetic_examples)
-            except ValueError as e:
-                common.usage_error(f"--synthetic_examples: {e}")
-        elif os.path.isdir(spec):
-            found = sorted(os.path.join(spec, f) for f in os.listdir(spec) if f.endswith(".jsonl"))
-            if not found:
-                common.usage_error(f"--tasks: {spec} holds no .jsonl task files")
-            files += found
-        else:
-            files.append(spec)
-    return files
 
 
 def _table(rows: list[dict]) -> str:
@@ -143,13 +121,12 @@ def main(argv: list[str]) -> None:
     from lingjax.checkpoint import CheckpointError, ParamsCheckpointError
     from lingjax.data.tokenizer import TokenizerError
     from lingjax.evaluate.checkpoints import evaluate_checkpoints
-    from lingjax.evaluate.tasks import TaskFileError, read_task
+    from lingjax.evaluate.tasks import TaskFileError, load_tasks
 
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            tasks = [read_task(p) for p in task_files(F.tasks, scratch)]
-        except TaskFileError as e:
-            common.usage_error(str(e))
+    try:
+        tasks = load_tasks(F.tasks, F.synthetic_examples)
+    except TaskFileError as e:
+        common.usage_error(f"--tasks: {e}")
     rows = []
     try:
         for row in evaluate_checkpoints(

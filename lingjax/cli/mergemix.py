@@ -3,7 +3,7 @@ mixture whose merge of the experts scores best on a target corpus; prints it as 
 
     python -m lingjax.cli.mergemix --base=runs/base --domains=code=data/code,docs=data/docs \
         --target=data/target --root=runs/mergemix --expert_steps=50 \
-        --config.data.eval_fraction=0.05 --config.data.eval_batches=8
+        --config.data.eval_fraction=0.05 --config.eval.batches=8
     # ... mergemix: best mixture code 0.27, docs 0.73: held-out loss 2.913 (uniform 2.951)
     # --config.data.mixture=code=data/code:0.27,docs=data/docs:0.73
 

@@ -468,12 +468,9 @@ class DataConfig:
     seed: int = 0
     num_workers: int = 0  # Grain multiprocessing workers (0 = in-process)
     prefetch: int = 2
-    # Validation: this fraction of each corpus' documents (a fixed, seed-independent choice) is
-    # held out of training; every eval_every steps (and at the last step) val_loss is measured
-    # on eval_batches batches of each corpus' held-out documents (the same tokens every time).
+    # Validation split: this fraction of each corpus' documents (a fixed, seed-independent
+    # choice) is held out of training; `eval` (EvalConfig) says when and how much of it is read.
     eval_fraction: float = 0.0
-    eval_every: int = 0  # 0 = no validation
-    eval_batches: int = 4  # per corpus, of train.batch_size rows
 
     def corpus_dirs(self) -> dict[str, str]:
         """{name: directory} of the mixture, in the order given."""
@@ -485,19 +482,8 @@ class DataConfig:
         return {c.name: c.weight / total for c in sorted(self.mixture, key=lambda c: c.name)}
 
     def validate(self) -> None:
-        seen: set[str] = set()
+        check_corpora(self.mixture, "data.mixture")
         for c in self.mixture:
-            _check(
-                isinstance(c, CorpusSpec),
-                f"data.mixture entries must be CorpusSpec(name, path, weight), got {c!r}",
-            )
-            _check(
-                _is_name(c.name),
-                f"data.mixture corpus name {c.name!r} must be letters, digits, '_', '.' or '-'",
-            )
-            _check(c.name not in seen, f"data.mixture names {c.name!r} twice; keep one entry")
-            seen.add(c.name)
-            _check(bool(c.path), f"data.mixture corpus {c.name!r} has no directory")
             _check(
                 c.weight >= 0 and math.isfinite(c.weight),
                 f"data.mixture corpus {c.name!r} has weight {c.weight}; weights are finite and "
@@ -518,23 +504,80 @@ class DataConfig:
             f"data.eval_fraction={self.eval_fraction} must be in [0, 1): the fraction of each "
             "corpus' documents held out for validation",
         )
-        _check(
-            self.eval_every >= 0,
-            f"data.eval_every={self.eval_every} must be >= 0 (0 = no validation)",
-        )
-        _check(self.eval_batches >= 1, f"data.eval_batches={self.eval_batches} must be >= 1")
-        _check(
-            not self.eval_every or self.eval_fraction > 0,
-            f"data.eval_every={self.eval_every} needs held-out documents: set "
-            "data.eval_fraction (e.g. 0.01), or data.eval_every=0",
-        )
         for key in ("num_workers", "prefetch"):
             value = getattr(self, key)
             _check(value >= 0, f"data.{key}={value} must be >= 0")
 
 
+def check_corpora(corpora: tuple[CorpusSpec, ...], key: str) -> None:
+    """Named corpora (`key`: data.mixture, eval.capability): CorpusSpecs, unique names, paths."""
+    seen: set[str] = set()
+    for c in corpora:
+        _check(
+            isinstance(c, CorpusSpec),
+            f"{key} entries must be CorpusSpec(name, path, weight), got {c!r}",
+        )
+        _check(
+            _is_name(c.name),
+            f"{key} corpus name {c.name!r} must be letters, digits, '_', '.' or '-'",
+        )
+        _check(c.name not in seen, f"{key} names {c.name!r} twice; keep one entry")
+        seen.add(c.name)
+        _check(bool(c.path), f"{key} corpus {c.name!r} has no directory")
+
+
 def _is_name(name: str) -> bool:
     return bool(name) and all(c.isalnum() or c in "_.-" for c in name)
+
+
+TASK_MODES = ("blank", "cloze", "label")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """In-loop evaluation (lingjax/train/evaluation.py): every `every` steps and at the last
+    step, on the weights of that step and, with merge_last=K (MaP), also on the uniform mean of
+    those and the newest K-1 saved checkpoints.
+
+    - val_loss[/<corpus>]: the training corpora's held-out split (data.eval_fraction > 0);
+    - capability/<name>: next-token loss on named validation corpora that are not trained on
+      (SuperValid-style: math=corpora/math,code=corpora/code), all their documents;
+    - task/<name>/<metric>: task files scored as lingjax.cli.eval scores them.
+    Merged values carry a `_merged` suffix (val_loss_merged, task/copy/exact_merged).
+    """
+
+    every: int = 0  # 0 = no in-loop evaluation
+    batches: int = 4  # batches of train.batch_size rows read per corpus (held-out, capability)
+    # Named corpora (built by lingjax.cli.build_corpus, the run's tokenizer):
+    # --config.eval.capability=math=corpora/math,code=corpora/code (weights are not used).
+    capability: tuple[CorpusSpec, ...] = ()
+    # Task files (.jsonl), directories of them, or "synthetic" (the bundled set).
+    tasks: tuple[str, ...] = ()
+    task_mode: str = "blank"  # multiple choice: blank (BOSE), cloze or label
+    task_seq_len: int = 256  # tokens per scoring row (pairs are packed); rows = train.batch_size
+    synthetic_examples: int = 64  # examples per bundled synthetic task
+    merge_last: int = 0  # MaP: also evaluate the mean of this step and K-1 checkpoints; 0 = off
+
+    def validate(self) -> None:
+        for key in ("every", "merge_last"):
+            value = getattr(self, key)
+            _check(value >= 0, f"eval.{key}={value} must be >= 0 (0 = off)")
+        _check(self.batches >= 1, f"eval.batches={self.batches} must be >= 1")
+        _check(
+            self.merge_last != 1,
+            "eval.merge_last=1 merges nothing: use >= 2 checkpoints, or 0 for no merge",
+        )
+        _check(
+            self.task_mode in TASK_MODES,
+            f"eval.task_mode={self.task_mode!r} must be one of {', '.join(TASK_MODES)}",
+        )
+        _check(self.task_seq_len >= 2, f"eval.task_seq_len={self.task_seq_len} must be >= 2")
+        _check(
+            self.synthetic_examples >= 1,
+            f"eval.synthetic_examples={self.synthetic_examples} must be >= 1",
+        )
+        check_corpora(self.capability, "eval.capability")
+        _check(all(self.tasks), "eval.tasks has an empty entry; name task files or 'synthetic'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -606,6 +649,7 @@ class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
     def validate(self) -> Config:
         """Checks every sub-config; ConfigError names the key, its value and what is valid."""
@@ -614,4 +658,35 @@ class Config:
         self.data.validate()
         self.mesh.validate()
         self.checkpoint.validate()
+        self.eval.validate()
+        self._check_eval()
         return self
+
+    def _check_eval(self) -> None:
+        e, c = self.eval, self.checkpoint
+        if not e.every:
+            return
+        _check(
+            self.data.eval_fraction > 0 or bool(e.capability) or bool(e.tasks),
+            f"eval.every={e.every} has nothing to evaluate: hold documents out "
+            "(data.eval_fraction, e.g. 0.01), name capability corpora (eval.capability) or "
+            "task files (eval.tasks), or set eval.every=0",
+        )
+        if e.merge_last:
+            # The merge reads the newest K-1 checkpoints before the evaluated step.
+            need = e.merge_last - 1
+            if c.params_every_steps:
+                kept, key = c.params_keep or need, "checkpoint.params_keep"
+            elif c.every_steps:
+                kept, key = c.keep, "checkpoint.keep"
+            else:
+                raise ConfigError(
+                    f"eval.merge_last={e.merge_last} merges saved checkpoints, but the run saves "
+                    "none before its end: set checkpoint.params_every_steps (or "
+                    "checkpoint.every_steps), e.g. to eval.every"
+                )
+            _check(
+                kept >= need,
+                f"eval.merge_last={e.merge_last} needs the newest {need} checkpoints, but "
+                f"{key}={kept} keeps fewer: raise {key} to >= {need}",
+            )

@@ -105,6 +105,12 @@ def _convert(key: str, tp: Any, value: Any) -> Any:
         raise bad
     if origin is tuple and args and args[0] is CorpusSpec:
         return _mixture(key, value)
+    if origin is tuple and args == (str, Ellipsis):  # a CLI comma list, or a JSON list
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"bad value {value!r} for {key}: expected a comma-separated list")
     raise ConfigError(f"{key} has a type ({tp}) that cannot be overridden")
 
 
@@ -155,6 +161,16 @@ def _mixture(key: str, value: Any) -> tuple[CorpusSpec, ...]:
 
 def _upgrade(cls: type, data: Mapping[str, Any]) -> Mapping[str, Any]:
     """Config files written by older lingjax versions, in today's keys."""
+    if cls is Config and isinstance(data.get("data"), Mapping):
+        # Before EvalConfig: data.eval_every / data.eval_batches.
+        moved = {"eval_every": "every", "eval_batches": "batches"}
+        if any(k in data["data"] for k in moved):
+            data = dict(data)
+            data["data"] = dict(data["data"])
+            data["eval"] = dict(data.get("eval") or {})
+            for old, new in moved.items():
+                if old in data["data"]:
+                    data["eval"].setdefault(new, data["data"].pop(old))
     if cls is DataConfig and isinstance(data.get("mixture"), str):
         # Before the mixture was typed: corpora="name=DIR,..." and mixture="name:weight,...".
         data = dict(data)
@@ -174,10 +190,15 @@ def _set(cfg: Any, parts: list[str], value: Any) -> Any:
     return dataclasses.replace(cfg, **{parts[0]: _set(child, parts[1:], value)})
 
 
+_MOVED = {"data.eval_every": "eval.every", "data.eval_batches": "eval.batches"}
+
+
 def resolve_key(key: str, cls: type = Config) -> str:
     """The full dotted path for `key`: a dotted path, `a__b` for `a.b`, or a field name that
     is unique across the config tree (`num_layers` -> `model.num_layers`)."""
     key = key.replace("__", ".")
+    if key in _MOVED:
+        raise ConfigError(f"{key} is now {_MOVED[key]}: pass --config.{_MOVED[key]}=...")
     paths = [p for p, _ in leaf_paths(cls)]
     if key in paths:
         return key

@@ -51,7 +51,7 @@ from lingjax.data.packing import pack_window
 from lingjax.data.sources import MixtureSchedule, Source, open_sources
 
 if TYPE_CHECKING:
-    from lingjax.configs import DataConfig
+    from lingjax.configs import CorpusSpec, DataConfig
 
 # The batch entries the model reads; `source_ids` is bookkeeping for the host (MixtureMeter).
 MODEL_INPUTS = ("tokens", "labels", "segment_ids", "positions")
@@ -369,18 +369,21 @@ def make_eval_datasets(
     vocab_size: int,
     process_index: int = 0,
     process_count: int = 1,
+    corpora: Sequence[CorpusSpec] | None = None,
 ) -> list[tuple[str, float, PackedBatchDataset]]:
     """The validation split: (name, mixture weight, dataset) per corpus, sorted by name.
 
     Each dataset is that corpus' held-out documents (data.eval_fraction) once, unshuffled, in
     batches shaped like the training ones; iterating it again gives the same batches. The
-    caller takes data.eval_batches batches (padding with `empty_batch` if it ends sooner, so
-    every process runs the same number of steps)."""
-    if data_cfg.eval_fraction <= 0:
+    caller takes eval.batches batches (padding with `empty_batch` if it ends sooner, so
+    every process runs the same number of steps). With `corpora` (validation corpora that are
+    not trained on, eval.capability), each of those instead, all its documents."""
+    if corpora is None and data_cfg.eval_fraction <= 0:
         raise CorpusError(
             "no validation split: set data.eval_fraction (e.g. 0.01) to hold documents out"
         )
     rows = _check_batch_size(batch_size, process_count)
+    split = "eval" if corpora is None else "all"
     return [
         (
             source.name,
@@ -395,7 +398,7 @@ def make_eval_datasets(
                 process_count=process_count,
             ),
         )
-        for source in open_sources(data_cfg, vocab_size=vocab_size, split="eval")
+        for source in open_sources(data_cfg, vocab_size=vocab_size, split=split, corpora=corpora)
     ]
 
 

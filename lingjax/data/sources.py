@@ -30,16 +30,19 @@ from lingjax.data.corpus import CorpusError, Manifest, read_manifest
 from lingjax.data.default_corpus import default_corpus
 from lingjax.data.documents import CorpusDocuments, permutation
 from lingjax.data.tokenizer import (
+    ByteTokenizer,
+    TokenizerError,
     copy_tokenizer_files,
     load_tokenizer,
     read_tokenizer_record,
+    recorded_tokenizer,
     save_tokenizer,
     tokenizer_fingerprint,
     write_tokenizer_record,
 )
 
 if TYPE_CHECKING:
-    from lingjax.configs import DataConfig
+    from lingjax.configs import CorpusSpec, DataConfig
 
 HOLDOUT_SEED = 0x5EED_0E7A1  # fixed: changing data.seed must not move documents across the split
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd
@@ -79,17 +82,37 @@ def _name_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "little")
 
 
-def open_sources(data_cfg: DataConfig, *, vocab_size: int, split: str) -> list[Source]:
+def open_sources(
+    data_cfg: DataConfig,
+    *,
+    vocab_size: int,
+    split: str,
+    corpora: Sequence[CorpusSpec] | None = None,
+) -> list[Source]:
     """The run's corpora (sorted by name), checked against the model and the run's tokenizer,
-    each restricted to its `split` ("train" or "eval") documents.
+    each restricted to its `split` documents: "train", "eval" (the held-out split) or "all".
+
+    `corpora` opens these instead of the run's (validation corpora, eval.capability; weights
+    unused), checked against the run's tokenizer: data.tokenizer, else the training corpora's.
 
     CorpusError, naming the corpus and the fix, if a corpus is missing or foreign, needs a larger
     vocab than the model's, or was built with another tokenizer than the run's (or than the
     mixture's other corpora)."""
-    assert split in ("train", "eval"), split
+    assert split in ("train", "eval", "all"), split
     data_cfg.validate()
-    weights = data_cfg.mixture_weights()
-    if weights:
+    expected = tokenizer_fingerprint(data_cfg.tokenizer) if data_cfg.tokenizer else None
+    first = None
+    if corpora is not None:
+        entries = [
+            (c.name, c.path, 1.0, f"eval.capability corpus {c.name}={c.path}")
+            for c in sorted(corpora, key=lambda c: c.name)
+        ]
+        if expected is None:  # the training corpora's tokenizer is the run's
+            train = open_sources(data_cfg, vocab_size=vocab_size, split="train")[0]
+            where = f"the training corpus {train.documents.corpus_dir}"
+            m = train.documents.manifest
+            first = (where, (m.tokenizer, m.tokenizer_hash))
+    elif weights := data_cfg.mixture_weights():
         dirs = data_cfg.corpus_dirs()
         entries = [
             (name, dirs[name], w, f"data.mixture corpus {name}={dirs[name]}")
@@ -98,8 +121,7 @@ def open_sources(data_cfg: DataConfig, *, vocab_size: int, split: str) -> list[S
     else:
         corpus_dir = data_cfg.corpus or default_corpus(data_cfg.cache_dir)
         entries = [("", corpus_dir, 1.0, f"data.corpus={corpus_dir}")]
-    expected = tokenizer_fingerprint(data_cfg.tokenizer) if data_cfg.tokenizer else None
-    sources, first = [], None
+    sources = []
     for name, corpus_dir, weight, where in entries:
         manifest = read_manifest(corpus_dir)
         _check_vocab(manifest, corpus_dir, vocab_size)
@@ -114,21 +136,42 @@ def open_sources(data_cfg: DataConfig, *, vocab_size: int, split: str) -> list[S
         if first and built_with != first[1]:
             raise CorpusError(
                 f"{where} was built with tokenizer {_describe(*built_with)}, but {first[0]} with "
-                f"{_describe(*first[1])}; a mixture needs one tokenizer: rebuild one of them"
+                f"{_describe(*first[1])}; a run reads one tokenizer: rebuild one of them"
             )
         first = first or (where, built_with)
         documents = CorpusDocuments(corpus_dir, manifest)
-        train_ids, eval_ids = split_documents(len(documents), data_cfg.eval_fraction, where)
+        if split == "all":
+            pool = np.arange(len(documents), dtype=np.int64)
+        else:
+            train_ids, eval_ids = split_documents(len(documents), data_cfg.eval_fraction, where)
+            pool = train_ids if split == "train" else eval_ids
         sources.append(
             Source(
                 name=name or manifest.domain,
                 documents=documents,
-                pool=train_ids if split == "train" else eval_ids,
+                pool=pool,
                 weight=weight,
                 seed=_name_seed(data_cfg.seed, name),
             )
         )
     return sources
+
+
+def run_tokenizer(data_cfg: DataConfig, sources: Sequence[Source]) -> Any:
+    """The run's tokenizer as an object (to write task text in the run's ids): data.tokenizer if
+    set, else the one the corpora were built with. TokenizerError, with the fix, if the corpus
+    does not hold it (a tokenizer.json corpus from before corpora recorded theirs)."""
+    if data_cfg.tokenizer:
+        return load_tokenizer(data_cfg.tokenizer)
+    corpus_dir = sources[0].documents.corpus_dir
+    if read_tokenizer_record(corpus_dir) is None:
+        if sources[0].documents.manifest.tokenizer == "byte":
+            return ByteTokenizer()
+        raise TokenizerError(
+            f"{corpus_dir} records no tokenizer file, and reading text needs one: set "
+            "data.tokenizer to the tokenizer.json the corpus was built with"
+        )
+    return recorded_tokenizer(corpus_dir)
 
 
 def save_run_tokenizer(data_cfg: DataConfig, sources: Sequence[Source], directory: str) -> None:

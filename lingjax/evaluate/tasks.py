@@ -218,6 +218,37 @@ def read_task(path: str) -> Task:
     return Task(name, kind, tuple(examples), iclip)
 
 
+def load_tasks(specs: Sequence[str], synthetic_examples: int = 64) -> list[Task]:
+    """The tasks `specs` names: task files, directories of them (every .jsonl inside), or
+    "synthetic" (the bundled set, lingjax.evaluate.synthetic); TaskFileError otherwise."""
+    import tempfile
+
+    from lingjax.evaluate.synthetic import write_synthetic_tasks
+
+    tasks: list[Task] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for spec in specs:
+            if spec == "synthetic":
+                try:
+                    files = write_synthetic_tasks(scratch, n=synthetic_examples)
+                except ValueError as e:
+                    raise TaskFileError(f"synthetic tasks: {e}") from None
+            elif os.path.isdir(spec):
+                files = sorted(
+                    os.path.join(spec, f) for f in os.listdir(spec) if f.endswith(".jsonl")
+                )
+                if not files:
+                    raise TaskFileError(f"{spec} holds no .jsonl task files")
+            else:
+                files = [spec]
+            tasks += [read_task(f) for f in files]
+    names = [t.name for t in tasks]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise TaskFileError(f"two task files are named {', '.join(twice)}; rename one")
+    return tasks
+
+
 def choice_texts(ex: dict[str, Any], mode: str) -> list[tuple[str, str]]:
     """(context, continuation) texts of every option of one example under `mode`."""
     if mode not in MODES:

@@ -147,7 +147,7 @@ def top_n(rows: Sequence[dict], steps: Sequence[int], n: int, by: str = "val_los
     if not have:
         raise MergeError(
             f"no checkpoint step has a {by!r} in metrics.jsonl; validate during training "
-            "(data.eval_every with data.eval_fraction) or pick another metric with --by"
+            "(eval.every with data.eval_fraction) or pick another metric with --by"
         )
     if n < 1:
         raise MergeError(f"top_n={n} must be >= 1")

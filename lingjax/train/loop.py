@@ -47,7 +47,8 @@ from lingjax.data import MODEL_INPUTS, MixtureMeter, make_train_iterator
 from lingjax.data.sources import open_sources, save_run_tokenizer
 from lingjax.model import flops_per_token, peak_flops
 from lingjax.train.anomaly import VERDICT_KEYS, AnomalyMonitor, Outcome
-from lingjax.train.evaluation import Evaluator, cross_entropy_step
+from lingjax.train.evaluation import EvalInputs, Evaluator, cross_entropy_step
+from lingjax.train.evaluation import check_inputs as check_eval_inputs
 from lingjax.train.faults import FaultPlan
 from lingjax.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from lingjax.train.optimizer import make_optimizer
@@ -176,6 +177,7 @@ def train(
     # A missing or foreign corpus, or ids past the vocabulary, fail here (CorpusError), before
     # anything is written to the workdir. Reads the manifests and document lengths only.
     sources = open_sources(cfg.data, vocab_size=cfg.model.vocab_size, split="train")
+    eval_inputs = check_eval_inputs(cfg, sources)  # capability corpora, task files
     if cfg.train.init_from and not saved_steps(os.path.join(workdir, CHECKPOINT_DIR)):
         check_init_from(cfg)
     if warning := schedule_overrun(cfg):
@@ -185,7 +187,8 @@ def train(
         if jax.process_index() == 0:
             write_config(cfg, workdir)
             save_run_tokenizer(cfg.data, sources, workdir)
-        run = _Run(cfg, workdir, faults or FaultPlan(), sharded_run(cfg, target_shardings), lock)
+        par = sharded_run(cfg, target_shardings)
+        run = _Run(cfg, workdir, faults or FaultPlan(), par, lock, eval_inputs)
         try:
             return run.run()
         finally:
@@ -248,8 +251,10 @@ class _Run:
         faults: FaultPlan,
         par: ShardedTraining,
         lock: WorkdirLock | None = None,
+        eval_inputs: EvalInputs | None = None,
     ):
         self.cfg, self.workdir, self.faults, self.par, self.lock = cfg, workdir, faults, par, lock
+        self.eval_inputs = eval_inputs
         self.t = cfg.train
         self.acfg = cfg.train.anomaly
         self.writer = None
@@ -278,13 +283,19 @@ class _Run:
         )
         self.mixture = MixtureMeter(cfg.data)  # realised mixture proportions, logged per row
         self.evaluator = None
-        if cfg.data.eval_every:
+        if cfg.eval.every:
+            shardings = par.state_shardings
             self.evaluator = Evaluator(
                 cfg,
                 self.put_batch,
+                inputs=self.eval_inputs,
                 process_index=par.data_index,
                 process_count=par.data_count,
                 eval_step=parallel.in_mesh_context(cross_entropy_step(cfg.model), par.mesh),
+                mesh=par.mesh,
+                workdir=self.workdir,
+                shardings={"params": shardings.params, "buffers": shardings.buffers},
+                before_merge=self._finish_saves,
             )
         self.monitor = AnomalyMonitor(self.acfg)
         self.slow = SlowStepDetector(self.acfg.slow_step_z, self.acfg.slow_step_warmup)
@@ -526,14 +537,19 @@ class _Run:
         )
         row["slow_steps"] = self.slow.slow_steps
         row.update(self.mixture.metrics())
-        if evaluate:  # val_loss; its time stays out of the step timer
-            row.update(self.evaluator(self.state))
+        if evaluate:  # val_loss, capability/..., task/...; its time stays out of the step timer
+            row.update(self.evaluator(self.state, step))
             self.iter_start = time.perf_counter()
         eta = (self.t.steps - step) * row["step_time"] if row["step_time"] else None
         self.writer.write(step, row, eta_seconds=eta)
         self.last_logged = step
         self.window.reset()
         return row
+
+    def _finish_saves(self) -> None:
+        for ckpt in (self.ckpt, self.params_ckpt):
+            if ckpt:
+                ckpt.wait()
 
     def _time_step(self, step: int, seconds: float, data: float, saved: bool) -> None:
         event = self.slow.observe(step, seconds, data, checkpoint_saved=saved)

@@ -42,8 +42,15 @@ RESUMABLE_KEYS = frozenset(
         "train.anomaly.slow_step_z",
         "train.anomaly.slow_step_warmup",
         "data.prefetch",
-        "data.eval_every",  # validation only reads the model
-        "data.eval_batches",
+        # Evaluation only reads the model.
+        "eval.every",
+        "eval.batches",
+        "eval.capability",
+        "eval.tasks",
+        "eval.task_mode",
+        "eval.task_seq_len",
+        "eval.synthetic_examples",
+        "eval.merge_last",
         "checkpoint.every_steps",
         "checkpoint.keep",
         "checkpoint.keep_every_steps",

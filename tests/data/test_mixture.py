@@ -191,7 +191,8 @@ def test_mixture_config_errors_name_the_key():
         ({"data.mixture": "a=/a:1", "data.corpus": "/c"}, "exclusive"),
         ({"data.mixture": "a=/a:1,a=/b:2"}, "names 'a' twice"),
         ({"data.mixture": "a=/a:0"}, "at least one weight"),
-        ({"data.eval_every": 10}, "data.eval_fraction"),
+        ({"eval.every": 10}, "nothing to evaluate: hold documents out"),
+        ({"data.eval_every": 10}, "data.eval_every is now eval.every"),
         ({"data.eval_fraction": 1.0}, r"data.eval_fraction=1.0 must be in \[0, 1\)"),
     ]
     for overrides, needle in cases:

@@ -48,8 +48,8 @@ def _cfg(two_corpora, **overrides):
             "data.mixture": f"a={two_corpora['a']}:0.25,b={two_corpora['b']}:0.75",
             "data.tokenizer": "byte",
             "data.eval_fraction": 0.25,
-            "data.eval_every": 3,
-            "data.eval_batches": 2,
+            "eval.every": 3,
+            "eval.batches": 2,
             **overrides,
         },
     )
@@ -76,7 +76,7 @@ def test_evaluator_aggregates_per_corpus_and_pads_short_splits(two_corpora):
         mask = batch["labels"] >= 0
         return (batch["labels"] % 7 * mask).sum().astype(np.float32), mask.sum()
 
-    cfg = _cfg(two_corpora, **{"data.eval_batches": 300})  # more than the splits hold
+    cfg = _cfg(two_corpora, **{"eval.batches": 300})  # more than the splits hold
 
     def put_batch(batch):
         assert set(batch) == set(MODEL_INPUTS), "only the model's inputs go to the device"

@@ -17,8 +17,8 @@ RUN_FLAGS = {
     "mesh.data": 1,
     "train.schedule_steps": 1000,
     "data.eval_fraction": 0.05,
-    "data.eval_every": 2,
-    "data.eval_batches": 1,
+    "eval.every": 2,
+    "eval.batches": 1,
 }
 
 
