@@ -126,14 +126,14 @@ def open_sources(
         manifest = read_manifest(corpus_dir)
         _check_vocab(manifest, corpus_dir, vocab_size)
         built_with = (manifest.tokenizer, manifest.tokenizer_hash)
-        if expected and built_with != expected:
+        if expected and not _same_tokenizer(built_with, expected):
             raise CorpusError(
                 f"{where} was built with tokenizer {_describe(*built_with)}, but data.tokenizer="
                 f"{data_cfg.tokenizer} is {_describe(*expected)}; rebuild the corpus with "
                 f"--tokenizer={data_cfg.tokenizer}, or set data.tokenizer to the one it was "
                 "built with"
             )
-        if first and built_with != first[1]:
+        if first and not _same_tokenizer(built_with, first[1]):
             raise CorpusError(
                 f"{where} was built with tokenizer {_describe(*built_with)}, but {first[0]} with "
                 f"{_describe(*first[1])}; a run reads one tokenizer: rebuild one of them"
@@ -195,6 +195,12 @@ def save_run_tokenizer(data_cfg: DataConfig, sources: Sequence[Source], director
             "eos_token": m.metadata.get("eos_token"),
         }
     write_tokenizer_record(directory, record)
+
+
+def _same_tokenizer(a: tuple[str, str], b: tuple[str, str]) -> bool:
+    """Whether two (kind, sha256) records name one tokenizer: the same kind, and the same hash
+    unless the kind is byte (no file) or a hash is unknown ("": written without one)."""
+    return a[0] == b[0] and (a[0] == "byte" or not a[1] or not b[1] or a[1] == b[1])
 
 
 def _describe(kind: str, sha256: str) -> str:

@@ -86,6 +86,18 @@ def evaluate_checkpoints(
         yield row
 
 
+def merged_variables(path: str, k: int) -> tuple[Any, dict[str, Any]]:
+    """(model config, variables) of the uniform merge of the newest `k` checkpoints of the
+    training workdir `path` (MaP); ValueError if it holds fewer than 2."""
+    if k < 2:
+        raise ValueError(f"merge_last={k}: merge at least 2 checkpoints")
+    steps = list(run_steps(path))[-k:]
+    if len(steps) < 2:
+        raise ValueError(f"{path} holds {len(steps)} checkpoint(s); a merge needs >= 2")
+    cfg = read_run_config(path).model
+    return cfg, _merge(path, steps, cfg)
+
+
 def _merge(path: str, steps: list[int], cfg) -> dict[str, Any]:
     """The uniform merge of checkpoints `steps` of the run, as variables in memory."""
     with tempfile.TemporaryDirectory() as tmp:

@@ -268,15 +268,15 @@ def _encode(tok, text: str) -> list[int]:
     return [int(t) for t in tok.encode(text)]
 
 
-def _start(tok) -> int:
+def start_id(tok) -> int:
     """The id every context and prompt starts with: the BOS id, else the EOS id."""
     start = getattr(tok, "bos_id", None)
     return tok.eos_id if start is None else start
 
 
 def _pair(tok, ctx: str, cont: str) -> tuple[list[int], list[int]]:
-    """Token ids; the context starts with `_start` so it is never empty."""
-    return [_start(tok), *_encode(tok, ctx)], _encode(tok, cont)
+    """Token ids; the context starts with `start_id` so it is never empty."""
+    return [start_id(tok), *_encode(tok, ctx)], _encode(tok, cont)
 
 
 def evaluate_task(task: Task, scorer: Scorer, tok, mode: str = "blank") -> dict[str, float]:
@@ -346,7 +346,7 @@ def evaluate_generative(
 
     c = task.iclip or ICLiP()
     scored = task.examples[c.shots :]
-    prompts = [[_start(tok), *_encode(tok, iclip_prompt(task, ex))] for ex in scored]
+    prompts = [[start_id(tok), *_encode(tok, iclip_prompt(task, ex))] for ex in scored]
     correct = np.zeros(len(scored), np.int64)
     for sample in range(c.samples):
         for lo in range(0, len(prompts), rows):

@@ -340,6 +340,7 @@ class _Run:
         self.window = _Window()
         self.last_logged = self.start
         self.iter_start: float | None = None  # start of the current loop iteration (timer)
+        self.eval_time = 0.0  # seconds the last in-loop evaluation took (for the ETA)
 
     def _init_state(self) -> TrainState:
         state = self.par.init(jax.random.key(self.t.seed))
@@ -538,9 +539,15 @@ class _Run:
         row["slow_steps"] = self.slow.slow_steps
         row.update(self.mixture.metrics())
         if evaluate:  # val_loss, capability/..., task/...; its time stays out of the step timer
+            t0 = time.perf_counter()
             row.update(self.evaluator(self.state, step))
             self.iter_start = time.perf_counter()
+            self.eval_time = self.iter_start - t0
         eta = (self.t.steps - step) * row["step_time"] if row["step_time"] else None
+        if eta is not None and self.evaluator is not None:  # the evaluations still to come
+            every = self.evaluator.every
+            left = (self.t.steps - 1) // every - step // every + (step < self.t.steps)
+            eta += max(left, 0) * self.eval_time
         self.writer.write(step, row, eta_seconds=eta)
         self.last_logged = step
         self.window.reset()

@@ -150,6 +150,14 @@ def progress_line(
     parts.append(f"lr {m['lr']:.2e}")
     if "max_load_violation" in m:
         parts.append(f"maxvio {m['max_load_violation']:.2f}")
+    for k in ("val_loss", "val_loss_merged"):
+        if _finite(m.get(k)):
+            parts.append(f"{k.replace('_loss', '')} {m[k]:.4f}")
+    parts += [
+        f"{k} {v:.4f}"
+        for k, v in m.items()
+        if k.startswith("capability/") and not k.endswith("_merged") and _finite(v)
+    ]
     if m.get("tokens_per_sec"):
         parts.append(f"{m['tokens_per_sec']:,.0f} tok/s")
     if m.get("mfu") is not None:
