@@ -16,7 +16,9 @@ longer than fits is cut from the left (the newest L - len(continuation) + 1 toke
 lm-eval-harness does); a continuation longer than L is refused.
 
 With `mesh`, batches are split over its batch axes (the variables are used where they lie:
-place them with `parallel.variable_shardings` first for a sharded model).
+place them with `parallel.variable_shardings` first for a sharded model). In a multi-process
+job every process calls the scorer with the same pairs (they pack identically), places the
+rows its devices hold, and gets every pair's scores back (gathered across processes).
 """
 
 from __future__ import annotations
@@ -172,7 +174,20 @@ class Scorer:
         if self.mesh is None:
             return batch
         sharding = parallel.batch_sharding(self.mesh)
-        return {k: jax.device_put(v, sharding) for k, v in batch.items()}
+        if jax.process_count() == 1:
+            return {k: jax.device_put(v, sharding) for k, v in batch.items()}
+        # Every process holds the whole batch: each places the rows of its own devices.
+        return {
+            k: jax.make_array_from_callback(v.shape, sharding, lambda index, v=v: v[index])
+            for k, v in batch.items()
+        }
+
+    def _get(self, out: Any) -> Any:
+        if jax.process_count() == 1:
+            return jax.device_get(out)
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(out, tiled=True)
 
     def batches(self, pairs: Sequence[Pair]) -> list[Packed]:
         return pack(pairs, self.rows, self.seq_len)
@@ -188,7 +203,7 @@ class Scorer:
                 "labels": b.labels,
             }
             x = self._put(inputs)
-            lp, hit = jax.device_get(
+            lp, hit = self._get(
                 self._fn(self.variables, x["tokens"], x["segment_ids"], x["positions"], x["labels"])
             )
             scored = b.pair >= 0

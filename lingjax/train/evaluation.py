@@ -90,6 +90,11 @@ def check_inputs(cfg: Config, sources: Sequence[Any]) -> EvalInputs:
         tasks = load_tasks(e.tasks, e.synthetic_examples)
     except TaskFileError as err:
         raise ConfigError(f"eval.tasks: {err}") from None
+    if jax.process_count() > 1 and (gen := [t.name for t in tasks if t.kind == "generative"]):
+        raise ConfigError(
+            f"eval.tasks: generative tasks ({', '.join(gen)}) are evaluated in the loop of "
+            "one-process runs only; score them after training with lingjax.cli.eval"
+        )
     if e.task_seq_len > cfg.model.max_position_embeddings:
         raise ConfigError(
             f"eval.task_seq_len={e.task_seq_len} exceeds model.max_position_embeddings="
