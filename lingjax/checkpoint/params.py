@@ -360,7 +360,7 @@ def load_params(
     abstract = nn.unbox(abstract_variables(cfg))
     if shardings is None:
         shardings = jax.tree.map(
-            lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract
+            lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]), abstract
         )
     target = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings

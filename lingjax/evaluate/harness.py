@@ -25,7 +25,12 @@ The three request types run on lingjax's own engines:
   greedy unless `do_sample` with a temperature > 0, cut at the first `until` string (default:
   the EOS text), at most `max_gen_toks` new tokens; a prompt that leaves no room is cut from
   the left.
-One process: the checkpoint is read onto the first device (multi-host evaluation is not built).
+Multi-host (as levanter does it): process 0 drives lm-eval; every other process builds the
+same model and follows (`LingjaxLM.follow`). The weights are replicated over every device of
+the job and each scoring batch is split over all of them: process 0 broadcasts each request
+list's token ids through JAX's distributed runtime (`multihost_utils.broadcast_one_to_all`),
+then every process runs the same scoring step. Generation runs on process 0's devices alone
+(the followers wait). `stop_followers()` (the CLI calls it) releases them at the end.
 """
 
 from __future__ import annotations
@@ -33,11 +38,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from lingjax import parallel
 from lingjax.checkpoint import is_run_dir, load
+from lingjax.configs import MeshConfig
 from lingjax.data.tokenizer import recorded_tokenizer
 from lingjax.evaluate.checkpoints import merged_variables
 from lingjax.evaluate.generation import generate
@@ -53,6 +62,53 @@ def _int(name: str, value: Any, low: int = 1) -> int:
     if out < low:
         raise ValueError(f"model_args {name}={out} must be >= {low}")
     return out
+
+
+_STOP, _SCORE = 0, 1
+
+
+def _broadcast(x: np.ndarray) -> np.ndarray:
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(x))
+
+
+def _share(pairs: list[tuple[list[int], list[int]]] | None, rows: int) -> list | None:
+    """Process 0's pairs on every process (the others pass None); None = stop following."""
+    source = pairs is not None
+    n = len(pairs) if source else 0
+    lens = (
+        np.asarray([(len(c), len(x)) for c, x in pairs], np.int32).reshape(-1, 2)
+        if source
+        else None
+    )
+    head = np.asarray([_SCORE, n, int(lens.sum()) if source else 0, rows], np.int32)
+    head = _broadcast(head if source else np.zeros(4, np.int32))
+    if head[0] == _STOP:
+        return None
+    if head[3] != rows:  # the batches would differ: the collectives would not pair up
+        raise ValueError(f"process 0 scores {head[3]} rows a batch, this process {rows}")
+    n, total = int(head[1]), int(head[2])
+    if not n:
+        return []
+    lens = _broadcast(lens if source else np.zeros((n, 2), np.int32))
+    flat = np.concatenate([np.asarray(c + x, np.int32) for c, x in pairs]) if source else None
+    flat = _broadcast(flat if source else np.zeros(total, np.int32)).tolist()
+    out, at = [], 0
+    for a, b in lens.tolist():
+        out.append((flat[at : at + a], flat[at + a : at + a + b]))
+        at += a + b
+    return out
+
+
+def _replicated(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def stop_followers() -> None:
+    """Process 0: release the processes waiting in `LingjaxLM.follow` (a no-op alone)."""
+    if jax.process_count() > 1 and jax.process_index() == 0:
+        _broadcast(np.asarray([_STOP, 0, 0, 0], np.int32))
 
 
 @register_model("lingjax")
@@ -96,8 +152,34 @@ class LingjaxLM(LM):
         self.max_gen_toks = _int("max_gen_toks", max_gen_toks)
         rows = batch_size if isinstance(batch_size, int) or str(batch_size).isdigit() else 8
         self.rows = _int("batch_size", rows)
-        self.scorer = Scorer(self.model_cfg, self.variables, rows=self.rows, seq_len=self.seq_len)
         self.start = start_id(self.tok)
+        self.multihost = jax.process_count() > 1
+        if not self.multihost:
+            self.scorer = Scorer(
+                self.model_cfg, self.variables, rows=self.rows, seq_len=self.seq_len
+            )
+            return
+        # Every device of the job scores: the weights replicated, the rows split over all.
+        mesh = parallel.make_mesh(MeshConfig(data=-1))
+        whole = NamedSharding(mesh, PartitionSpec())
+        on_mesh = jax.tree.map(lambda x: _replicated(np.asarray(x), whole), self.variables)
+        shards = jax.device_count()
+        rows = -(-self.rows // shards) * shards  # a multiple of the devices
+        self.scorer = Scorer(self.model_cfg, on_mesh, rows=rows, seq_len=self.seq_len, mesh=mesh)
+
+    def _score(self, pairs: list) -> Any:
+        if self.multihost:
+            _share(
+                pairs, self.scorer.rows
+            )  # process 0 drives: the followers score the same batches
+        return self.scorer(pairs)
+
+    def follow(self) -> None:
+        """Processes other than 0: score what process 0 broadcasts until it stops them."""
+        if not self.multihost or jax.process_index() == 0:
+            raise RuntimeError("follow() is for processes 1.. of a multi-process job")
+        while (pairs := _share(None, self.scorer.rows)) is not None:
+            self.scorer(pairs)
 
     def _encode(self, text: str) -> list[int]:
         return [int(t) for t in self.tok.encode(text)]
@@ -117,7 +199,7 @@ class LingjaxLM(LM):
         empty = [i for i, (_, cont) in enumerate(pairs) if not cont]
         if empty:
             raise ValueError(f"request {empty[0]}: an empty continuation has no likelihood")
-        s = self.scorer(pairs)
+        s = self._score(pairs)
         return [(float(lp), bool(g)) for lp, g in zip(s.logprob, s.greedy, strict=True)]
 
     def loglikelihood_rolling(self, requests: list[Any]) -> list[float]:
@@ -130,8 +212,9 @@ class LingjaxLM(LM):
                 pairs.append(([prev[lo]], ids[lo : lo + width]))
                 owner.append(i)
         totals = np.zeros(len(requests))
+        logprob = self._score(pairs).logprob
         if pairs:
-            np.add.at(totals, owner, self.scorer(pairs).logprob)
+            np.add.at(totals, owner, logprob)
         return [float(x) for x in totals]
 
     def generate_until(self, requests: list[Any]) -> list[str]:

@@ -3,6 +3,7 @@ generation, lm-eval's own evaluator on a local YAML task (no hub), and the CLI."
 
 import json
 import math
+import os
 
 import jax
 import numpy as np
@@ -94,16 +95,18 @@ def test_generate_until_is_greedy_generation_cut_at_the_stop_string(lm):
         assert lm.generate_until([_req("generate_until", "def ", {"until": [first]})]) == [""]
 
 
-def test_lm_eval_runs_a_local_task(checkpoint, tmp_path):
-    import lm_eval
+ROWS = [
+    {"q": "1 + 1 =", "choices": [" 2", " 3", " 11"], "label": 0},
+    {"q": "def f", "choices": ["(x):", "[x]", "{x}"], "label": 0},
+    {"q": "import", "choices": [" os", " 7", " ="], "label": 0},
+    {"q": "class A", "choices": [":", "(", " =", "."], "label": 1},
+    {"q": "x", "choices": [" = 1", " += 2"], "label": 0},
+]
 
+
+def _write_task(tmp_path) -> None:
     data = tmp_path / "mc.jsonl"
-    rows = [
-        {"q": "1 + 1 =", "choices": [" 2", " 3", " 11"], "label": 0},
-        {"q": "def f", "choices": ["(x):", "[x]", "{x}"], "label": 0},
-        {"q": "import", "choices": [" os", " 7", " ="], "label": 0},
-    ]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     (tmp_path / "mc.yaml").write_text(
         "task: lingjax_mc\n"
         "dataset_path: json\n"
@@ -115,6 +118,13 @@ def test_lm_eval_runs_a_local_task(checkpoint, tmp_path):
         "doc_to_target: label\n"
         "metric_list:\n  - metric: acc\n"
     )
+
+
+def test_lm_eval_runs_a_local_task(checkpoint, tmp_path):
+    import lm_eval
+
+    rows = ROWS
+    _write_task(tmp_path)
     out = lm_eval.simple_evaluate(
         model="lingjax",
         model_args=f"checkpoint={checkpoint},seq_len={SEQ}",
@@ -169,3 +179,64 @@ def test_bad_model_args_are_refused(checkpoint):
     ]:
         with pytest.raises(ValueError, match=needle):
             LingjaxLM(**kwargs)
+
+
+def test_two_processes_follow_process_0(checkpoint, tmp_path):
+    """Process 0 drives lm-eval over all 4 devices of two processes; the logged
+    log-likelihoods are one process's."""
+    import socket
+    import subprocess
+    import sys
+
+    _write_task(tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
+    }
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lingjax.cli.lm_eval",
+                "--model_args",
+                f"checkpoint={checkpoint},seq_len={SEQ}",
+                "--tasks",
+                "lingjax_mc",
+                "--include_path",
+                str(tmp_path),
+                "--batch_size",
+                "3",  # rounded up to 4 rows: one per device
+                "--log_samples",
+                "--output_path",
+                str(tmp_path / "out"),
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for i, (p, out) in enumerate(zip(procs, outs, strict=True)):
+        assert p.returncode == 0, f"process {i}:\n{out[-6000:]}\nother:\n{outs[1 - i][-3000:]}"
+    files = (tmp_path / "out").rglob("samples_*.jsonl")
+    samples = [json.loads(x) for f in files for x in f.read_text().splitlines()]
+    assert len(samples) == len(ROWS)
+    lm = LingjaxLM(checkpoint=checkpoint, seq_len=SEQ)
+    for sample in samples:
+        doc = ROWS[sample["doc_id"]]
+        want = lm.loglikelihood([_req("loglikelihood", doc["q"], " " + c) for c in doc["choices"]])
+        got = [float(r[0][0]) for r in sample["resps"]]  # lm-eval logs them as text
+        np.testing.assert_allclose(got, [w[0] for w in want], rtol=1e-5)
