@@ -672,6 +672,11 @@ class Config:
             "(data.eval_fraction, e.g. 0.01), name capability corpora (eval.capability) or "
             "task files (eval.tasks), or set eval.every=0",
         )
+        _check(
+            not e.tasks or e.task_seq_len <= self.model.max_position_embeddings,
+            f"eval.task_seq_len={e.task_seq_len} exceeds model.max_position_embeddings="
+            f"{self.model.max_position_embeddings}; lower it",
+        )
         if e.merge_last:
             # The merge reads the newest K-1 checkpoints before the evaluated step.
             need = e.merge_last - 1

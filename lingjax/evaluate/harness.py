@@ -168,10 +168,8 @@ class LingjaxLM(LM):
         self.scorer = Scorer(self.model_cfg, on_mesh, rows=rows, seq_len=self.seq_len, mesh=mesh)
 
     def _score(self, pairs: list) -> Any:
-        if self.multihost:
-            _share(
-                pairs, self.scorer.rows
-            )  # process 0 drives: the followers score the same batches
+        if self.multihost:  # process 0 drives: the followers score the same batches
+            _share(pairs, self.scorer.rows)
         return self.scorer(pairs)
 
     def follow(self) -> None:
@@ -212,9 +210,7 @@ class LingjaxLM(LM):
                 pairs.append(([prev[lo]], ids[lo : lo + width]))
                 owner.append(i)
         totals = np.zeros(len(requests))
-        logprob = self._score(pairs).logprob
-        if pairs:
-            np.add.at(totals, owner, logprob)
+        np.add.at(totals, np.asarray(owner, np.int64), self._score(pairs).logprob)
         return [float(x) for x in totals]
 
     def generate_until(self, requests: list[Any]) -> list[str]:

@@ -95,11 +95,6 @@ def check_inputs(cfg: Config, sources: Sequence[Any]) -> EvalInputs:
             f"eval.tasks: generative tasks ({', '.join(gen)}) are evaluated in the loop of "
             "one-process runs only; score them after training with lingjax.cli.eval"
         )
-    if e.task_seq_len > cfg.model.max_position_embeddings:
-        raise ConfigError(
-            f"eval.task_seq_len={e.task_seq_len} exceeds model.max_position_embeddings="
-            f"{cfg.model.max_position_embeddings}; lower it"
-        )
     return EvalInputs(tuple(tasks), run_tokenizer(cfg.data, sources))
 
 

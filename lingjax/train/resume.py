@@ -27,7 +27,7 @@ import numpy as np
 from lingjax.checkpoint.manager import saved_steps
 from lingjax.checkpoint.params import ParamsCheckpointError, read_json
 from lingjax.checkpoint.run import CHECKPOINT_DIR, CONFIG_FILE
-from lingjax.configs import Config, ConfigError, from_dict, to_dict
+from lingjax.configs import Config, ConfigError, EvalConfig, from_dict, to_dict
 from lingjax.train.schedules import make_schedule
 
 # What may change on resume without --allow_config_change: how long the run goes, how it is
@@ -35,6 +35,8 @@ from lingjax.train.schedules import make_schedule
 # (Mesh changes are an elastic restore: the same values, laid out on other devices.)
 RESUMABLE_KEYS = frozenset(
     {
+        # Every eval.* key: evaluation only reads the model.
+        *(f"eval.{f.name}" for f in dataclasses.fields(EvalConfig)),
         "name",
         "train.steps",
         "train.log_every",
@@ -42,15 +44,6 @@ RESUMABLE_KEYS = frozenset(
         "train.anomaly.slow_step_z",
         "train.anomaly.slow_step_warmup",
         "data.prefetch",
-        # Evaluation only reads the model.
-        "eval.every",
-        "eval.batches",
-        "eval.capability",
-        "eval.tasks",
-        "eval.task_mode",
-        "eval.task_seq_len",
-        "eval.synthetic_examples",
-        "eval.merge_last",
         "checkpoint.every_steps",
         "checkpoint.keep",
         "checkpoint.keep_every_steps",

@@ -16,7 +16,7 @@ from lingjax.checkpoint import save_params
 from lingjax.data import ByteTokenizer
 from lingjax.data.tokenizer import save_tokenizer
 from lingjax.evaluate.harness import LingjaxLM
-from tests.support.cli import run
+from tests.support.cli import free_port, run
 from tests.support.hf_synth import random_variables
 
 SEQ = 48  # scoring rows: not a multiple of anything, and shorter than the long requests
@@ -184,14 +184,11 @@ def test_bad_model_args_are_refused(checkpoint):
 def test_two_processes_follow_process_0(checkpoint, tmp_path):
     """Process 0 drives lm-eval over all 4 devices of two processes; the logged
     log-likelihoods are one process's."""
-    import socket
     import subprocess
     import sys
 
     _write_task(tmp_path)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {
         **os.environ,
         "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",

@@ -11,7 +11,6 @@ global batches, the two halves side by side, so both runs compute the same funct
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ import numpy as np
 from lingjax import configs
 from lingjax.data import make_eval_datasets, make_train_iterator
 from lingjax.train import evaluation, loop, train
+from tests.support.cli import free_port
 
 STEPS = 20
 OVERRIDES = {
@@ -37,12 +37,6 @@ OVERRIDES = {
 # The two runs differ only in how the collectives add up (gloo across processes vs in-process);
 # 20 AdamW steps amplify those roundings a little.
 LOSS_RTOL = 1e-5  # measured: 1.4e-7
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Halves(grain.DatasetIterator):
@@ -105,7 +99,7 @@ def _eval_overrides(tmp_path, corpus_dir) -> dict:
 
 
 def test_two_processes_train_like_one(tmp_path, corpus_dir, monkeypatch):
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path / "two"
     evals = _eval_overrides(tmp_path, corpus_dir)
     env = {

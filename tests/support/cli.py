@@ -3,6 +3,7 @@ run with checkpoints to read (the shared host-logic config of tests/train/test_r
 its compiled step comes from the run's JAX cache)."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -20,6 +21,13 @@ RUN_FLAGS = {
     "eval.every": 2,
     "eval.batches": 1,
 }
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (the coordinator of local multi-process tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
