@@ -11,6 +11,7 @@ Conventions (as the Ling papers publish them):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -22,6 +23,7 @@ from lingjax.model.variables import variable_table
 _ROUTED = ("w_gate", "w_up", "w_down")
 
 
+@functools.lru_cache(maxsize=512)  # eval_shape per call: planners and grids ask many times
 def _sizes(model_cfg: ModelConfig) -> dict[str, int]:
     out = {"total": 0, "routed": 0, "embedding": 0, "mtp": 0, "mtp_routed": 0}
     for names, (shape, _) in variable_table(model_cfg).items():
@@ -42,7 +44,7 @@ def _inactive(model_cfg: ModelConfig, routed: int) -> int:
 
 def count_params(model_cfg: ModelConfig) -> dict[str, int]:
     """{"total", "active", "non_embedding", "active_non_embedding", "mtp", "mtp_active"}."""
-    s = _sizes(model_cfg)
+    s = dict(_sizes(model_cfg))
     active = s["total"] - _inactive(model_cfg, s["routed"])
     return {
         "total": s["total"],
