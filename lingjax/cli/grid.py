@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import flags
+from absl import flags, logging
 
 from lingjax.cli import common
 
@@ -40,6 +40,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         common.usage_error(f"unexpected arguments {argv[1:]}")
     F = common.FLAGS
+    if not F["verbosity"].present:  # jax's backend probing logs at INFO; keep the progress readable
+        logging.set_verbosity(logging.WARNING)
     if not F.root:
         common.usage_error("--root is required (the grid's directory, e.g. --root=runs/chin)")
     from lingjax.scaling import GridError, collect, load_grid, run_grid, run_task

@@ -154,7 +154,7 @@ def read_run(workdir: str, name: str, budget: float = 0.0, record: dict | None =
     wall = (record or {}).get("wall_s")
     if wall is None and train:
         log_every = max(cfg.train.log_every, 1)
-        wall = sum(r.get("step_time", 0.0) for r in train) * log_every
+        wall = sum(r.get("step_time") or 0.0 for r in train) * log_every  # step 1: None
     row["wall_s"] = wall if wall is not None else math.nan
     return row
 

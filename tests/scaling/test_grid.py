@@ -199,3 +199,27 @@ def test_sbatch_is_shellcheck_clean():
     shellcheck = os.path.join(os.path.dirname(sys.executable), "shellcheck")
     r = subprocess.run([shellcheck, GRID_SBATCH], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
+
+
+def test_gcloud_dry_run_prints_one_tpu_vm_run_per_pending_run(tmp_path):
+    lines = []
+    root = str(tmp_path / "g")
+    report = run_grid(
+        iso(axes={}),
+        root,
+        launcher="gcloud",
+        dry_run=True,
+        tpu_args=["--name=scaling", "--zone=us-east5-a"],
+        out=lines.append,
+    )
+    assert len(report.commands) == 4 and not os.path.exists(root)
+    first = report.commands[0]
+    assert first[:5] == [
+        os.path.join("launch", "gcloud", "tpu_vm.sh"),
+        "--name=scaling",
+        "--zone=us-east5-a",
+        "run",
+        "--",
+    ]
+    assert first[5] == "--config=tiny" and first[-1] == f"--workdir={root}/h64-C2e9"
+    assert " ".join(first) in lines
