@@ -90,6 +90,26 @@ def read_manifest(root: str) -> dict[str, Any]:
         return json.load(f)
 
 
+def check_workdirs(runs: Sequence[PlannedRun], root: str) -> None:
+    """GridError if a run's workdir holds a run of another config (the grid changed since it
+    ran): a finished run would be skipped and its row would describe a run the grid no longer
+    asks for. Keys a resume may change (logging, checkpoints, eval, mesh) do not count."""
+    from lingjax.train.resume import RESUMABLE_KEYS, config_changes, resolve_schedule, saved_config
+
+    for run in runs:
+        saved = saved_config(os.path.join(root, run.name))
+        if saved is None:
+            continue
+        changed = config_changes(saved, resolve_schedule(run.config, saved))
+        keys = sorted(k for k in changed if k not in RESUMABLE_KEYS)
+        if keys:
+            raise GridError(
+                f"run {run.name} in {root} was trained with another config ("
+                + ", ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in keys[:4])
+                + f"); use a new --root, or delete {os.path.join(root, run.name)} to retrain it"
+            )
+
+
 def is_done(root: str, run: PlannedRun) -> bool:
     return read_run(os.path.join(root, run.name), run.name)["status"] == "done"
 
@@ -177,6 +197,7 @@ def run_grid(
 
         num_devices = jax.device_count()
     runs = grid.expand(num_devices)
+    check_workdirs(runs, root)
     report = GridReport(root)
     pending = [(i, r) for i, r in enumerate(runs) if not is_done(root, r)]
     waiting = {i for i, _ in pending}

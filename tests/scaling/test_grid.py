@@ -121,6 +121,10 @@ def test_local_grid_is_restartable_and_reports_failures(tmp_path):
 
     again = run_grid(grid, root, num_devices=1, out=lines.append)
     assert again.skipped == ["ok"] and again.failed == ["bad"] and again.ran == []
+    # the grid changed under a finished run: refused before anything runs, the key named
+    changed = Grid("two", "tiny", variants={"ok": {"train.lr": 1e-3}}, tokens=128, overrides=SMALL)
+    with pytest.raises(GridError, match=r"run ok .* another config \(train.lr: 0.003 -> 0.001"):
+        run_grid(changed, root, num_devices=1, out=lines.append)
     # a root holding another grid is refused (the two grids' runs would mix)
     with pytest.raises(GridError, match="holds grid 'two'"):
         run_grid(Grid("other", "tiny", tokens=64, overrides=SMALL), root, num_devices=1)
