@@ -1,0 +1,385 @@
+"""EDiT local-SGD sync maths (lingjax/train/local_sgd.py) against hand computations in numpy:
+the EWMA detector step by step, elimination (warmup, planted outlier, one-sided rule, dynamic
+threshold), the weights, clipping, the Nesterov and "average" outer steps over two syncs, the
+one-effective-worker identity, and jit = eager.
+
+Replica r's local unit is moved from the synced unit by exactly `scales[r]` (full-unit norm) in a
+random direction, so every norm in a test is known by construction."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lingjax.train.local_sgd import (
+    Detector,
+    PenaltyConfig,
+    clip_by_unit_norm,
+    detector_init,
+    detector_judge,
+    detector_update,
+    outer_optimizer,
+    pseudo_gradient_norms,
+    sync_unit,
+    sync_weights,
+)
+
+R = 4
+SYNC = jax.jit(sync_unit, static_argnames=("cfg",))
+
+
+def _unit(rng):
+    """One sync unit: several leaves of different shapes, fp32."""
+    tree = {
+        "attn": {"w": rng.normal(size=(6, 5))},
+        "mlp": {"w": rng.normal(size=(5, 3)), "b": rng.normal(size=(3,))},
+    }
+    return jax.tree.map(lambda x: x.astype(np.float32), tree)
+
+
+def _locals(synced, scales, rng):
+    """[R, ...] local units with synced - local_r of full-unit norm scales[r]."""
+    leaves, treedef = jax.tree.flatten(synced)
+    stacked = [[] for _ in leaves]
+    for c in scales:
+        dirs = [rng.normal(size=x.shape) for x in leaves]
+        norm = np.sqrt(sum((d**2).sum() for d in dirs))
+        for out, x, d in zip(stacked, leaves, dirs, strict=True):
+            out.append(np.asarray(x, np.float64) - c * d / norm)
+    return treedef.unflatten([np.stack(s).astype(np.float32) for s in stacked])
+
+
+def _flat(tree):
+    return [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+
+
+def _hand_norms(synced, local):
+    pairs = zip(_flat(synced), _flat(local), strict=True)
+    return np.sqrt(sum(((s[None] - loc) ** 2).reshape(R, -1).sum(1) for s, loc in pairs))
+
+
+def _softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _hand_delta(synced, local, temperature, clip):
+    """The merged, clipped pseudo-gradient, leaves in float64 (no elimination)."""
+    w = _softmax(-_hand_norms(synced, local) / temperature)
+    pairs = zip(_flat(synced), _flat(local), strict=True)
+    delta = [np.tensordot(w, s[None] - loc, axes=1) for s, loc in pairs]
+    norm = np.sqrt(sum((d**2).sum() for d in delta))
+    scale = min(1.0, clip / (norm + 1e-6)) if clip > 0 else 1.0
+    return [d * scale for d in delta]
+
+
+def _close(tree, leaves, rtol=1e-5, atol=1e-6):
+    for got, want in zip(_flat(tree), leaves, strict=True):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+
+
+# ----------------------------------------------------------------------------- detector
+
+
+def test_ewma_matches_hand_loop():
+    rng = np.random.default_rng(0)
+    cfg = PenaltyConfig(alpha=0.1, warmup=5)
+    W = 8
+    xs = (5.0 + rng.normal(size=30)).astype(np.float32)
+    probe = (5.0 + rng.normal(size=R)).astype(np.float32)
+    a = np.float32(cfg.alpha)
+    mean, m2, zs = np.float32(0), np.float32(0), []
+    det = detector_init(W)
+    for count, x in enumerate(xs):  # count: observations before x
+        _, z = detector_judge(det, jnp.asarray(probe), cfg)
+        want = (probe - mean) / np.sqrt(m2) if count >= 2 else np.zeros(R, np.float32)
+        np.testing.assert_allclose(np.asarray(z), want, rtol=1e-6)
+        if count >= 2:  # a spread exists from the third observation on
+            zs.append((x - mean) / np.sqrt(m2))
+        if count == 0:
+            mean = x
+        else:
+            d = x - mean
+            mean = mean + a * d
+            m2 = (np.float32(1) - a) * (m2 + a * d * d)
+        det = detector_update(det, jnp.asarray(x), cfg)
+        np.testing.assert_allclose(float(det.mean), mean, rtol=1e-6)
+        np.testing.assert_allclose(float(det.m2), m2, rtol=1e-6)
+        assert int(det.count) == count + 1
+        assert int(det.z_count) == min(len(zs), W)
+    assert int(det.z_count) == W and len(zs) > W  # the ring buffer wrapped
+    ring = np.roll(np.asarray(det.recent_z), -int(det.z_next))  # oldest first
+    np.testing.assert_allclose(ring, np.array(zs[-W:]), rtol=1e-6)
+    # A non-finite observation leaves the state alone.
+    same = detector_update(det, jnp.float32(np.nan), cfg)
+    assert all(np.array_equal(a, b) for a, b in zip(_flat(same), _flat(det), strict=True))
+
+
+def test_no_elimination_in_warmup_then_planted_outlier_is_eliminated_one_sided():
+    rng = np.random.default_rng(1)
+    cfg = PenaltyConfig(warmup=20, outer="average", clip=0.0)
+    det = detector_init(cfg.warmup)
+    synced = _unit(rng)
+    for i in range(cfg.warmup):
+        if i == 10:  # a probe sync (its outputs are dropped): 50x outlier during warmup
+            loc = _locals(synced, [1.0, 1.0, 50.0, 1.0], rng)
+            _, det2, _, info = SYNC(synced, loc, det, None, cfg)
+            assert not np.asarray(info["eliminated"]).any()
+            w = np.asarray(info["weights"], np.float64)
+            assert w[2] > 0
+            np.testing.assert_allclose(w, _softmax(-_hand_norms(synced, loc)), rtol=1e-5)
+            pooled = _hand_norms(synced, loc).mean()  # the statistics still move
+            np.testing.assert_allclose(
+                float(det2.mean), float(det.mean) + 0.02 * (pooled - float(det.mean)), rtol=1e-5
+            )
+        loc = _locals(synced, 1.0 + 0.05 * rng.normal(size=R), rng)
+        synced, det, _, info = SYNC(synced, loc, det, None, cfg)
+        assert not np.asarray(info["eliminated"]).any()
+    assert int(det.count) == cfg.warmup
+
+    m = float(det.mean)
+    loc = _locals(synced, [m, m, 50.0 * m, 0.01 * m], rng)  # replica 3: a much SMALLER norm
+    new, new_det, _, info = SYNC(synced, loc, det, None, cfg)
+    assert np.asarray(info["eliminated"]).tolist() == [False, False, True, False]
+    z, thr = np.asarray(info["z"]), float(info["threshold"])
+    assert z[3] < -thr  # a two-sided rule would have dropped replica 3
+    n = _hand_norms(synced, loc)
+    np.testing.assert_allclose(np.asarray(info["norms"]), n, rtol=1e-5)
+    w = np.asarray(info["weights"], np.float64)
+    assert w[2] == 0.0
+    np.testing.assert_allclose(w[[0, 1, 3]], _softmax(-n[[0, 1, 3]]), rtol=1e-5)
+    kept = [0, 1, 3]
+    np.testing.assert_allclose(
+        float(new_det.mean), m + 0.02 * (n[kept].mean() - m), rtol=1e-5
+    )  # observed: the kept replicas' mean norm
+    pairs = zip(_flat(synced), _flat(loc), strict=True)
+    want = [s - np.tensordot(w, s[None] - x, axes=1) for s, x in pairs]
+    _close(new, want)
+
+
+def test_dynamic_threshold_scales_with_recent_z_spread():
+    rng = np.random.default_rng(2)
+    cfg = PenaltyConfig(warmup=10)
+    W = 10
+    noisy = (2.5 * rng.normal(size=W)).astype(np.float32)
+    s = float(np.std(noisy))
+    assert s > 1.5  # the case under test: noisy recent z-scores
+    mean, std = 2.0, 0.1
+    det = Detector(
+        mean=jnp.float32(mean),
+        m2=jnp.float32(std**2),
+        count=jnp.int32(W),
+        recent_z=jnp.asarray(noisy),
+        z_count=jnp.int32(W),
+        z_next=jnp.int32(0),
+    )
+    z_mid, z_hi = (3.0 + 3.0 * s) / 2, 3.0 * s + 0.5  # between 3 and 3 s; above 3 s
+    norms = jnp.asarray(mean + std * np.array([z_mid, z_hi, 0.0, -z_hi]), jnp.float32)
+    out, z = detector_judge(det, norms, cfg)
+    np.testing.assert_allclose(np.asarray(z)[:2], [z_mid, z_hi], rtol=1e-4)
+    assert np.asarray(out).tolist() == [False, True, False, False]
+    # A calm history (std < 1): the base threshold 3 applies and z_mid is an outlier.
+    calm = det.replace(recent_z=jnp.asarray(noisy * (0.5 / s)))
+    assert np.asarray(detector_judge(calm, norms, cfg)[0]).tolist() == [True, True, False, False]
+    # A partly filled buffer: only the filled entries count (the rest is garbage here).
+    part = det.replace(recent_z=det.recent_z.at[3:].set(1e4), z_count=jnp.int32(3))
+    thr = 3.0 * max(1.0, float(np.std(noisy[:3])))
+    near = jnp.asarray(mean + std * np.array([0.99 * thr, 1.01 * thr, 0, 0]), jnp.float32)
+    assert np.asarray(detector_judge(part, near, cfg)[0]).tolist() == [False, True, False, False]
+    # Not warm yet: nothing is an outlier, however large.
+    cold = det.replace(count=jnp.int32(W - 1))
+    assert not np.asarray(detector_judge(cold, norms * 100, cfg)[0]).any()
+
+
+# ----------------------------------------------------------------------------- merge
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_weights_are_a_softmax_of_minus_norm_over_t(temperature):
+    rng = np.random.default_rng(3)
+    cfg = PenaltyConfig(temperature=temperature)
+    n = np.abs(rng.normal(size=5)) * 2 + 0.5
+    none = np.zeros(5, bool)
+    w = sync_weights(jnp.asarray(n, jnp.float32), jnp.asarray(none), cfg)
+    np.testing.assert_allclose(np.asarray(w), _softmax(-n / temperature), rtol=1e-5)
+    elim = np.array([False, True, False, False, True])
+    w = np.asarray(sync_weights(jnp.asarray(n, jnp.float32), jnp.asarray(elim), cfg))
+    want = np.where(elim, 0.0, np.exp(-n / temperature))
+    np.testing.assert_allclose(w, want / want.sum(), rtol=1e-5)
+    assert np.all(w[elim] == 0.0)
+    # A huge temperature would leave the 1e6 penalty's weight large: it is still exactly 0.
+    hot = PenaltyConfig(temperature=1e7)
+    w = np.asarray(sync_weights(jnp.asarray(n, jnp.float32), jnp.asarray(elim), hot))
+    assert np.all(w[elim] == 0.0) and np.isclose(w.sum(), 1.0)
+
+
+def test_step_weighting_mix():
+    rng = np.random.default_rng(4)
+    cfg = PenaltyConfig(step_weight=0.5)
+    n = np.abs(rng.normal(size=R)) + 0.5
+    steps = np.array([10, 7, 13, 9])
+    norms, none = jnp.asarray(n, jnp.float32), jnp.zeros(R, bool)
+    w = sync_weights(norms, none, cfg, jnp.asarray(steps))
+    np.testing.assert_allclose(
+        np.asarray(w), 0.5 * _softmax(-n) + 0.5 * steps / steps.sum(), rtol=1e-5
+    )
+    # Eliminated replicas keep weight 0; both shares are over the kept replicas.
+    elim = np.array([False, False, True, False])
+    w = np.asarray(sync_weights(norms, jnp.asarray(elim), cfg, jnp.asarray(steps)))
+    k = ~elim
+    want = np.zeros(R)
+    want[k] = 0.5 * _softmax(-n[k]) + 0.5 * steps[k] / steps[k].sum()
+    np.testing.assert_allclose(w, want, rtol=1e-5)
+    with pytest.raises(ValueError, match="step_weight"):
+        sync_weights(norms, none, cfg)
+    off = PenaltyConfig()  # r = 0: steps are ignored
+    np.testing.assert_allclose(
+        np.asarray(sync_weights(norms, none, off, jnp.asarray(steps))), _softmax(-n), rtol=1e-5
+    )
+
+
+def test_a_diverged_replica_is_eliminated_even_in_warmup():
+    rng = np.random.default_rng(5)
+    synced = _unit(rng)
+    loc = _locals(synced, [1.0, 1.2, 0.9, 1.1], rng)
+    loc["mlp"]["w"][1, 0, 0] = np.nan
+    cfg = PenaltyConfig(clip=0.0)
+    det = detector_init(cfg.warmup)
+    tx = outer_optimizer(cfg)
+    new, det, _, info = sync_unit(synced, loc, det, tx.init(synced), cfg)
+    assert np.asarray(info["eliminated"]).tolist() == [False, True, False, False]
+    assert float(info["weights"][1]) == 0.0
+    assert all(np.isfinite(x).all() for x in _flat(new)) and np.isfinite(float(det.mean))
+
+
+def test_every_replica_eliminated_keeps_synced_outer_state_and_detector():
+    rng = np.random.default_rng(12)
+    synced = _unit(rng)
+    loc = jax.tree.map(lambda x: np.full_like(x, np.nan), _locals(synced, [1.0] * R, rng))
+    cfg = PenaltyConfig()
+    det = detector_update(detector_init(cfg.warmup), jnp.float32(1.0), cfg)
+    opt_state = jax.tree.map(lambda x: x + 0.3, outer_optimizer(cfg).init(synced))
+    new, new_det, new_state, info = sync_unit(synced, loc, det, opt_state, cfg)
+    assert np.asarray(info["eliminated"]).all()
+    assert np.all(np.asarray(info["weights"]) == 0.0)
+    for got, want in ((new, synced), (new_det, det), (new_state, opt_state)):
+        _close(got, _flat(want), rtol=0, atol=0)
+
+
+def test_clip_by_unit_norm():
+    rng = np.random.default_rng(6)
+    tree = jax.tree.map(lambda x: 5 * x, _unit(rng))
+    norm = np.sqrt(sum((x**2).sum() for x in _flat(tree)))
+    assert norm > 2.0
+    scale = min(1.0, 2.0 / (norm + 1e-6))
+    _close(clip_by_unit_norm(tree, 2.0), [x * scale for x in _flat(tree)], rtol=1e-6)
+    clipped = np.sqrt(sum((x**2).sum() for x in _flat(clip_by_unit_norm(tree, 2.0))))
+    np.testing.assert_allclose(clipped, 2.0, rtol=1e-5)
+    _close(clip_by_unit_norm(tree, 10 * norm), _flat(tree), rtol=0, atol=0)  # below the clip
+    for off in (0.0, -1.0):
+        assert clip_by_unit_norm(tree, off) is tree
+
+
+def test_pseudo_gradient_norms_and_shape_errors():
+    rng = np.random.default_rng(7)
+    synced = _unit(rng)
+    loc = _locals(synced, [0.5, 1.0, 2.0, 3.0], rng)
+    n = np.asarray(pseudo_gradient_norms(synced, loc))
+    np.testing.assert_allclose(n, [0.5, 1.0, 2.0, 3.0], rtol=1e-5)
+    np.testing.assert_allclose(n, _hand_norms(synced, loc), rtol=1e-5)
+    with pytest.raises(ValueError, match="leading axis"):
+        pseudo_gradient_norms(synced, jax.tree.map(lambda x: x[0], loc))
+    with pytest.raises(ValueError, match="tree structure"):
+        pseudo_gradient_norms(synced, {"attn": loc["attn"]})
+    cfg = PenaltyConfig()
+    with pytest.raises(ValueError, match="opt_state"):
+        sync_unit(synced, loc, detector_init(cfg.warmup), None, cfg)
+    with pytest.raises(ValueError, match="window"):
+        detector_init(0)
+
+
+def test_nesterov_outer_step_over_two_syncs():
+    rng = np.random.default_rng(8)
+    cfg = PenaltyConfig(clip=1.0)  # default Nesterov SGD, lr 0.7, momentum 0.8
+    lr, mu = cfg.outer_lr, cfg.outer_momentum
+    synced = _unit(rng)
+    det, opt_state = detector_init(cfg.warmup), outer_optimizer(cfg).init(synced)
+    theta, v = _flat(synced), [np.zeros_like(x) for x in _flat(synced)]
+    for _ in range(2):
+        loc = _locals(synced, 3.0 * (1 + 0.2 * rng.normal(size=R)), rng)
+        g = _hand_delta(synced, loc, cfg.temperature, cfg.clip)
+        v = [mu * vi + gi for vi, gi in zip(v, g, strict=True)]
+        theta = [t - lr * (gi + mu * vi) for t, gi, vi in zip(theta, g, v, strict=True)]
+        synced, det, opt_state, info = sync_unit(synced, loc, det, opt_state, cfg)
+        assert float(info["delta_norm"]) > cfg.clip  # the clip was active
+        np.testing.assert_allclose(float(info["clipped_norm"]), cfg.clip, rtol=1e-5)
+        _close(synced, theta)
+    _close(opt_state, v)  # optax's trace is the hand momentum
+
+
+def test_average_outer_step_is_synced_minus_delta():
+    rng = np.random.default_rng(9)
+    cfg = PenaltyConfig(outer="average", temperature=0.5, clip=1.0)
+    synced = _unit(rng)
+    loc = _locals(synced, 2.0 + rng.normal(size=R) ** 2, rng)
+    new, _, state, _ = sync_unit(synced, loc, detector_init(cfg.warmup), None, cfg)
+    assert state is None and outer_optimizer(cfg) is None
+    delta = _hand_delta(synced, loc, cfg.temperature, cfg.clip)
+    _close(new, [s - d for s, d in zip(_flat(synced), delta, strict=True)])
+
+
+def test_one_effective_worker_reduces_to_its_local_update():
+    rng = np.random.default_rng(10)
+    cfg = PenaltyConfig(outer="average", temperature=0.37, clip=0.0)
+    synced = _unit(rng)
+    one = _locals(synced, [1.7], rng)
+    loc = jax.tree.map(lambda x: np.repeat(x, R, axis=0), one)
+    new, _, _, info = sync_unit(synced, loc, detector_init(cfg.warmup), None, cfg)
+    np.testing.assert_allclose(np.asarray(info["weights"]), np.full(R, 1 / R), rtol=1e-6)
+    _close(new, [x[0] for x in _flat(one)], rtol=1e-6, atol=1e-6)
+
+
+def test_jit_matches_eager():
+    rng = np.random.default_rng(11)
+    cfg = PenaltyConfig(warmup=8, step_weight=0.5, clip=1.5)
+    synced = _unit(rng)
+    det = Detector(
+        mean=jnp.float32(2.0),
+        m2=jnp.float32(0.04),
+        count=jnp.int32(30),
+        recent_z=jnp.asarray(rng.normal(size=8), jnp.float32),
+        z_count=jnp.int32(8),
+        z_next=jnp.int32(3),
+    )
+    opt_state = outer_optimizer(cfg).init(synced)
+    opt_state = jax.tree.map(lambda x: x + 0.1, opt_state)  # a non-zero momentum
+    loc = _locals(synced, [2.0, 2.1, 40.0, 1.9], rng)
+    steps = jnp.asarray([10, 12, 11, 7])
+    eager = sync_unit(synced, loc, det, opt_state, cfg, steps)
+    jitted = SYNC(synced, loc, det, opt_state, cfg, steps)
+    assert np.asarray(eager[3]["eliminated"]).tolist() == [False, False, True, False]
+    for a, b in zip(_flat(eager), _flat(jitted), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("alpha", 0.0),
+        ("alpha", 1.5),
+        ("warmup", -1),
+        ("warmup", 2.5),
+        ("threshold", 0.0),
+        ("temperature", -1.0),
+        ("clip", float("inf")),
+        ("step_weight", 1.1),
+        ("outer", "adam"),
+        ("outer_lr", 0.0),
+        ("outer_momentum", 1.0),
+    ],
+)
+def test_validate_names_the_field(field, value):
+    cfg = PenaltyConfig(**{field: value})
+    with pytest.raises(ValueError, match=f"PenaltyConfig.{field}="):
+        cfg.validate()
+    PenaltyConfig().validate()
