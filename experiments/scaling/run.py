@@ -63,11 +63,18 @@ def _isoflop_plot(rows, fit, iso, path):
     fig.savefig(path, dpi=120)
 
 
-def _leverage_plot(dense, moe, lev, budgets, path):
+def _leverage_plot(dense, moe, lev, path):
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for rows, fit, name in ((dense, lev.dense, "dense"), (moe, lev.moe, "MoE")):
-        a.plot([r["compute"] for r in rows], [r["val_loss"] for r in rows], "o", alpha=0.5)
-        a.plot(budgets, study.frontier(fit, budgets), "-", label=f"{name} compute-optimal")
+    moe_points = list(zip(lev.budgets, lev.moe_loss, strict=True))
+    for rows, points, name in ((dense, lev.dense_frontier, "dense"), (moe, moe_points, "MoE")):
+        line = a.plot(*zip(*points, strict=True), "-", label=f"{name}: best run per budget")
+        a.plot(
+            [r["compute"] for r in rows],
+            [r["val_loss"] for r in rows],
+            "o",
+            alpha=0.4,
+            color=line[0].get_color(),
+        )
     a.set_xscale("log")
     a.set_xlabel("training FLOPs")
     a.set_ylabel("held-out loss")
@@ -76,7 +83,7 @@ def _leverage_plot(dense, moe, lev, budgets, path):
     b.axhline(1, color="gray", ls=":")
     b.set_xscale("log")
     b.set_xlabel("training FLOPs")
-    b.set_ylabel("efficiency leverage")
+    b.set_ylabel("efficiency leverage (observed)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -115,10 +122,11 @@ def fit_all(boot: int) -> dict:
         except ScalingFitError as e:
             out[f"{name}_isoflop"] = {"error": str(e)}
     _isoflop_plot(moe, chin, iso, os.path.join(HERE, "isoflop.png"))
-    budgets = sorted({r["budget"] for r in moe})
-    lev = study.leverage(dense, moe, budgets, bootstrap=boot)
-    out["leverage"] = {"budgets": lev.budgets, "leverage": lev.leverage, "moe_loss": lev.moe_loss}
-    _leverage_plot(dense, moe, lev, np.array(budgets), os.path.join(HERE, "leverage.png"))
+    lev = study.leverage(dense, moe)
+    out["leverage"] = study.as_dict(lev)
+    lev_fit = study.leverage(dense, moe, method="chinchilla", bootstrap=boot)
+    out["leverage_chinchilla"] = {"budgets": lev_fit.budgets, "leverage": lev_fit.leverage}
+    _leverage_plot(dense, moe, lev, os.path.join(HERE, "leverage.png"))
     tunnel = study.wind_tunnel(tunnel_rows, TUNNEL_TARGET, bootstrap=boot)
     out["wind_tunnel"] = study.as_dict(tunnel)
     _tunnel_plot(tunnel_rows, tunnel, os.path.join(HERE, "wind_tunnel.png"))

@@ -5,7 +5,7 @@
     python -m lingjax.cli.fit --table=runs/moe/runs.csv --law=lr                # lr*(C)
     python -m lingjax.cli.fit --table=runs/moe/runs.csv --law=allocation        # r*(C) per S
     python -m lingjax.cli.fit --table=runs/moe/runs.csv --dense=runs/dense/runs.csv \
-        --law=leverage --budgets=1e11,1e12                                      # EL(C)
+        --law=leverage                                                          # EL(C)
     python -m lingjax.cli.fit --table=runs/tunnel/runs.csv --law=wind_tunnel --target=l3h128
     # the compute-optimal run of a budget from the table's isoFLOP (or Chinchilla) law
     python -m lingjax.cli.fit --table=runs/moe/runs.csv --law=plan --budget=1e12 --base=tiny \
@@ -29,7 +29,13 @@ flags.DEFINE_string("table", None, "The runs table (CSV or parquet).")
 flags.DEFINE_enum("law", "chinchilla", [*LAWS, "plan"], "What to fit.")
 flags.DEFINE_enum("loss", "val_loss", ["val_loss", "train_loss"], "The loss column to fit.")
 flags.DEFINE_string("dense", None, "--law=leverage: the dense family's runs table.")
-flags.DEFINE_list("budgets", [], "--law=leverage: compute budgets (FLOPs) to report EL at.")
+flags.DEFINE_enum(
+    "method",
+    "observed",
+    ["observed", "chinchilla"],
+    "--law=leverage: frontiers from each budget's best run (observed) or approach-3 laws.",
+)
+flags.DEFINE_list("budgets", [], "--law=leverage --method=chinchilla: budgets (FLOPs) for EL.")
 flags.DEFINE_string("target", None, "--law=wind_tunnel: the run to predict from the others.")
 flags.DEFINE_integer("bootstrap", 200, "Bootstrap resamples of the intervals.")
 flags.DEFINE_float("budget", None, "--law=plan: the FLOP budget of the run to plan.")
@@ -70,12 +76,13 @@ def _fit(F, rows, study):
         print(f"  {key}* = k C^b: b {_fmt(fit.law.exponent)}, k {_fmt(fit.law.coefficient)}")
         return fit
     if F.law == "leverage":
-        if not F.dense or not F.budgets:
-            common.usage_error("--law=leverage needs --dense=TABLE and --budgets=C1,C2,...")
+        if not F.dense:
+            common.usage_error("--law=leverage needs --dense=TABLE (the dense family's runs)")
         from lingjax.scaling import read_table
 
         dense = study.finished(read_table(F.dense), F.loss)
-        fit = study.leverage(dense, rows, [float(b) for b in F.budgets], F.loss, bootstrap=B)
+        budgets = [float(b) for b in F.budgets] or None
+        fit = study.leverage(dense, rows, F.loss, F.method, budgets, bootstrap=B)
         for c, el in zip(fit.budgets, fit.leverage, strict=True):
             print(f"  C {c:.3g}: EL {el:.3f}")
         return fit

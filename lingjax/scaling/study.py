@@ -15,6 +15,7 @@ the planner speak the same units as the grids' budgets.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -100,29 +101,75 @@ def frontier(fit: ChinchillaFit, C: npt.ArrayLike) -> np.ndarray:
     return fit.predict(n, d)
 
 
+def best_per_budget(rows: Sequence[dict[str, Any]], loss: str = "val_loss") -> list[tuple]:
+    """(budget, lowest loss among the budget's runs), ascending budget: the observed
+    compute-optimal frontier of an isoFLOP grid (no fit, no extrapolation)."""
+    best: dict[float, float] = {}
+    for r in rows:
+        b = float(r["budget"])
+        if b <= 0:
+            raise ScalingFitError(
+                "the observed frontier needs a grid with budgets=(...); use method='chinchilla'"
+            )
+        best[b] = min(best.get(b, math.inf), float(r[loss]))
+    return sorted(best.items())
+
+
 @dataclasses.dataclass(frozen=True)
 class Leverage:
-    """Efficiency leverage at each budget C: the compute a dense model needs to reach the MoE's
-    compute-optimal loss L*_moe(C), over C; both frontiers from each family's approach-3 fit
-    (approach 3 because it needs no isoFLOP minimum inside every budget, which small grids
-    rarely have). nan where the dense frontier never reaches the MoE's loss."""
+    """Efficiency leverage at each MoE budget C: the compute a dense model needs to reach the
+    MoE's compute-optimal loss at C, over C.
 
+    method "observed": both frontiers are the best loss each grid reached per budget, and the
+    dense compute for a loss is interpolated log-linearly between the dense budgets (nan
+    outside them: no extrapolation). method "chinchilla": each family's frontier is its
+    approach-3 law's compute-optimal loss (extrapolates; trust it only where each law's
+    optimal N lies inside the grid's sizes)."""
+
+    method: str
     budgets: tuple[float, ...]
     moe_loss: tuple[float, ...]
     leverage: tuple[float, ...]
-    dense: ChinchillaFit
-    moe: ChinchillaFit
+    dense_frontier: tuple[tuple[float, float], ...]  # (C, L) of the dense family
+    dense_fit: ChinchillaFit | None = None
+    moe_fit: ChinchillaFit | None = None
+
+
+def _dense_compute_for(points: Sequence[tuple[float, float]], target: float) -> float:
+    for (c0, l0), (c1, l1) in itertools.pairwise(points):
+        lo, hi = min(l0, l1), max(l0, l1)
+        if lo <= target <= hi and l0 != l1:
+            t = (l0 - target) / (l0 - l1)
+            return math.exp(math.log(c0) + t * (math.log(c1) - math.log(c0)))
+    return math.nan
 
 
 def leverage(
     dense_rows: Sequence[dict[str, Any]],
     moe_rows: Sequence[dict[str, Any]],
-    budgets: Sequence[float],
     loss: str = "val_loss",
+    method: str = "observed",
+    budgets: Sequence[float] | None = None,
     bootstrap: int = 200,
 ) -> Leverage:
+    """EL of the MoE family against the dense one (see Leverage); `budgets` (chinchilla only)
+    defaults to the MoE grid's budgets."""
+    if method == "observed":
+        dense_points = best_per_budget(dense_rows, loss)
+        moe_points = best_per_budget(moe_rows, loss)
+        el = [_dense_compute_for(dense_points, l_moe) / c for c, l_moe in moe_points]
+        return Leverage(
+            method,
+            tuple(c for c, _ in moe_points),
+            tuple(v for _, v in moe_points),
+            tuple(el),
+            tuple(dense_points),
+        )
+    if method != "chinchilla":
+        raise ScalingFitError(f"method {method!r}: expected observed or chinchilla")
     dense = chinchilla(dense_rows, loss, bootstrap=bootstrap)
     moe = chinchilla(moe_rows, loss, bootstrap=bootstrap)
+    budgets = list(budgets or sorted({float(r["budget"]) for r in moe_rows}))
     moe_loss = frontier(moe, budgets)
     out = []
     for c, target in zip(budgets, moe_loss, strict=True):
@@ -132,12 +179,16 @@ def leverage(
             out.append(math.nan)  # the dense frontier is above the MoE loss everywhere
             continue
         out.append(math.exp(optimize.brentq(gap, lo, hi, xtol=1e-10)) / c)
+    dense_loss = frontier(dense, budgets)
+    points = tuple((float(c), float(v)) for c, v in zip(budgets, dense_loss, strict=True))
     return Leverage(
-        budgets=tuple(float(c) for c in budgets),
-        moe_loss=tuple(float(v) for v in moe_loss),
-        leverage=tuple(out),
-        dense=dense,
-        moe=moe,
+        method,
+        tuple(float(c) for c in budgets),
+        tuple(float(v) for v in moe_loss),
+        tuple(out),
+        points,
+        dense,
+        moe,
     )
 
 
