@@ -1,13 +1,13 @@
 """Scaling studies at CPU-tiny scale: an isoFLOP grid of MoE and of dense models, their
 Chinchilla fits and efficiency leverage, and the wind tunnel.
 
-    .venv/bin/python experiments/scaling/run.py             # ~35 minutes on 2 CPU cores
+    .venv/bin/python experiments/scaling/run.py             # ~45 minutes on 2 CPU cores
     .venv/bin/python experiments/scaling/run.py --fit_only  # refit the tables already here
 
 Trains the grids of experiments/scaling/grids.py under --root (restartable: finished runs are
 skipped), copies their runs tables here (moe_runs.csv, dense_runs.csv, wind_tunnel_runs.csv:
 what the notebooks read), fits, and writes results.json, isoflop.png, leverage.png and
-wind_tunnel.png beside this file. RESULTS.md quotes them.
+wind_tunnel.png beside this file (lr_runs.csv: the LR law's grid). RESULTS.md quotes them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from lingjax.scaling import ScalingFitError, load_grid, read_table, run_grid, study  # noqa: E402
 
-GRIDS = ("moe", "dense", "wind_tunnel")
+GRIDS = ("moe", "dense", "wind_tunnel", "lr")
 TUNNEL_TARGET = "l3h128"
 
 
@@ -127,6 +127,15 @@ def fit_all(boot: int) -> dict:
     lev_fit = study.leverage(dense, moe, method="chinchilla", bootstrap=boot)
     out["leverage_chinchilla"] = {"budgets": lev_fit.budgets, "leverage": lev_fit.leverage}
     _leverage_plot(dense, moe, lev, os.path.join(HERE, "leverage.png"))
+    lr_rows = study.finished(read_table(_table("lr")))
+    try:
+        out["lr_law"] = study.as_dict(study.optimum_law(lr_rows, "lr", bootstrap=boot))
+    except ScalingFitError as e:
+        out["lr_law"] = {"error": str(e)}
+    out["lr_runs"] = [
+        {k: r[k] for k in ("name", "budget", "lr", "val_loss")}
+        for r in sorted(lr_rows, key=lambda r: (r["budget"], r["lr"]))
+    ]
     tunnel = study.wind_tunnel(tunnel_rows, TUNNEL_TARGET, bootstrap=boot)
     out["wind_tunnel"] = study.as_dict(tunnel)
     _tunnel_plot(tunnel_rows, tunnel, os.path.join(HERE, "wind_tunnel.png"))

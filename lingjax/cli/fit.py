@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 
-from absl import flags
+from absl import flags, logging
 
 from lingjax.cli import common
 
@@ -113,6 +113,8 @@ def _plan(F, rows, study):
     family = Family(F.base, F.experts, F.experts_per_tok, F.granularity)
     plan = plan_run(F.budget, family, n_law, devices=F.devices, device_memory=memory)
     print(f"size law: {source}")
+    if plan.note:
+        print(f"warning: {plan.note}")
     for k, v in plan.summary().items():
         print(f"  {k:<28}{v:,}" if isinstance(v, int) else f"  {k:<28}{v:.4g}")
     if plan.memory:
@@ -127,6 +129,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         common.usage_error(f"unexpected arguments {argv[1:]}")
     F = common.FLAGS
+    if not F["verbosity"].present:  # jax's backend probing logs at INFO
+        logging.set_verbosity(logging.WARNING)
     if not F.table:
         common.usage_error("--table is required (ROOT/runs.csv of lingjax.cli.grid)")
     from lingjax.scaling import read_table, study

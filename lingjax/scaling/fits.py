@@ -114,9 +114,14 @@ def _check_delta(delta: float) -> float:
 
 
 def _estimate(value: float, samples: npt.ArrayLike) -> Estimate:
+    """value with the 95% percentile interval of the resamples; no interval (nan) when fewer
+    than half of them could be refitted: the survivors are then a biased subset (with exactly 3
+    sizes per isoFLOP budget only the resamples that drew all 3 survive, and they all equal the
+    full fit, which would report a zero-width interval)."""
     samples = np.asarray(samples, np.float64)
+    total = samples.size
     samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
+    if samples.size == 0 or samples.size < 0.5 * total:
         return Estimate(float(value), math.nan, math.nan)
     low, high = np.percentile(samples, [2.5, 97.5])
     return Estimate(float(value), float(low), float(high))

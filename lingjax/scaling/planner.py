@@ -60,6 +60,7 @@ class Plan:
     params: dict[str, int]
     tokens: int
     memory: dict[str, Any] | None
+    note: str = ""  # set when the law's size lies outside the family (the plan is clamped)
 
     def command(self, workdir: str) -> str:
         args = [f"--config={self.base}"]
@@ -177,6 +178,16 @@ def plan_run(
     if not (target > 0 and math.isfinite(target)):
         raise PlanError(f"n_law({budget:.3g}) = {target}: the size law gives no usable size")
     depth = closest_depth(family, target)
+    size = _size(family, depth)
+    first = _base(family).model.first_k_dense + 1 if _base(family).model.num_moe_layers else 1
+    smallest, largest = _size(family, first), _size(family, family.max_layers)
+    note = ""
+    if not smallest / 1.5 <= target <= largest * 1.5:
+        note = (
+            f"the size law asks for {target:,.0f} active non-embedding parameters; the family's "
+            f"closest model has {size:,} (depths 1..{family.max_layers}): the plan is clamped to "
+            "it, and the law is being used outside the sizes it was fitted on"
+        )
     overrides, cfg = model(family, depth)
     overrides = dict(overrides)
     if batch_law is not None:
@@ -215,4 +226,5 @@ def plan_run(
         params=count_params(cfg.model),
         tokens=steps * step_tokens,
         memory=memory,
+        note=note,
     )

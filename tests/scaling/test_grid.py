@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from lingjax.scaling import Grid, GridError, read_run, read_table, run_grid
+from lingjax.scaling import Grid, GridError, load_grid, read_run, read_table, run_grid
 from lingjax.scaling.table import describe
 from tests.support.cli import RUN_FLAGS, run
 
@@ -192,11 +192,13 @@ def test_slurm_dry_run_prints_the_array_and_each_task(tmp_path):
     assert no_task.returncode == 2 and "no task index" in no_task.stderr
 
 
-def test_the_cli_refuses_a_missing_grid_function(tmp_path):
+def test_a_missing_grid_function_is_named(tmp_path):
     grid_file = tmp_path / "grids.py"
     grid_file.write_text("def other():\n    return 1\n")
-    r = run("lingjax.cli.grid", f"--grid={grid_file}:nope", f"--root={tmp_path / 'r'}")
-    assert r.returncode == 2 and "defines no 'nope'; it has: other" in r.stderr
+    with pytest.raises(GridError, match="defines no 'nope'; it has: other"):
+        load_grid(f"{grid_file}:nope")
+    with pytest.raises(GridError, match=r"is a int, not a lingjax\.scaling\.Grid"):
+        load_grid(f"{grid_file}:other")
 
 
 def test_sbatch_is_shellcheck_clean():

@@ -8,7 +8,7 @@ import shlex
 import numpy as np
 import pytest
 
-from lingjax.scaling import COLUMNS, write_table
+from lingjax.scaling import COLUMNS, read_table, write_table
 from lingjax.scaling.planner import Family, PlanError, plan_run
 from lingjax.scaling.table import describe
 from tests.support.cli import run
@@ -49,6 +49,9 @@ def test_laws_for_batch_and_lr_reach_the_run_and_memory_is_planned():
 def test_a_budget_below_one_step_is_refused():
     with pytest.raises(PlanError, match="less than one step"):
         plan_run(1e6, TINY, n_law)
+    clamped = plan_run(1e14, TINY, lambda c: 10.0)
+    assert "asks for 10 active" in clamped.note and "clamped" in clamped.note
+    assert plan_run(1e14, TINY, n_law).note == ""
     with pytest.raises(PlanError, match="gives no usable size"):
         plan_run(1e12, TINY, lambda c: 0.0)
 
@@ -100,5 +103,5 @@ def test_cli_fit_recovers_a_law_from_a_table_and_refuses_a_short_one(tmp_path):
     _table(tmp_path / "short.csv", rows[:3])
     r = run("lingjax.cli.fit", f"--table={tmp_path / 'short.csv'}", "--law=chinchilla")
     assert r.returncode == 2 and "needs at least 6 finished runs" in r.stderr
-    r = run("lingjax.cli.fit", f"--table={tmp_path / 'nope.csv'}")
-    assert r.returncode == 2 and "does not exist" in r.stderr
+    with pytest.raises(ValueError, match=r"nope\.csv does not exist"):
+        read_table(str(tmp_path / "nope.csv"))
