@@ -21,9 +21,6 @@ os.environ["XLA_FLAGS"] = (
     + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One BLAS thread: scipy's L-BFGS-B (the scaling fits) does tiny linear algebra whose second
-# OpenBLAS thread waits for a core the other worker holds (the fits ran 90 s instead of 6 s).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # Tests never reach a hub: lm-eval's datasets read local files only (subprocesses inherit it).
 os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
 _OWN_CACHE = "LINGJAX_TEST_JAX_CACHE" not in os.environ  # the first process of the run makes it
