@@ -142,7 +142,7 @@ def main(argv: list[str]) -> None:
         common.usage_error(str(e))
     if F.out:
         with open(F.out, "w") as f:
-            json.dump(study.as_dict(fit), f, indent=2, default=lambda x: None)
+            json.dump(study.as_dict(fit), f, indent=2)
             f.write("\n")
 
 

@@ -33,7 +33,7 @@ import runpy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lingjax.configs import Config, ConfigError, apply, load, to_dict
+from lingjax.configs import Config, ConfigError, apply, load
 from lingjax.model import count_params, flops_per_token
 from lingjax.parallel.mesh import check_config, mesh_shape
 
@@ -75,8 +75,7 @@ def _flag_value(value: Any) -> str:
 
 def _label(value: Any) -> str:
     if isinstance(value, float):
-        text = f"{value:.3g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
-        return text
+        return f"{value:.3g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
     return str(value)
 
 
@@ -232,8 +231,3 @@ def load_grid(spec: str) -> Grid:
     if not isinstance(grid, Grid):
         raise GridError(f"{spec} is a {type(grid).__name__}, not a lingjax.scaling.Grid")
     return grid
-
-
-def resolved(run: PlannedRun) -> dict[str, Any]:
-    """The run's full config as a plain dict (what its workdir's config.json will hold)."""
-    return to_dict(run.config)

@@ -140,16 +140,20 @@ def _size(family: Family, layers: int) -> int:
     return count_params(model(family, layers)[1].model)["active_non_embedding"]
 
 
+def _depths(family: Family) -> tuple[int, int]:
+    """The family's shallowest and deepest model (an MoE family keeps one MoE layer)."""
+    m = _base(family).model
+    first = m.first_k_dense + 1 if m.num_moe_layers else 1
+    if first > family.max_layers:
+        raise PlanError(f"family {family}: max_layers={family.max_layers} leaves no MoE layer")
+    return first, family.max_layers
+
+
 def closest_depth(family: Family, target: float) -> int:
     """The depth whose model's active non-embedding parameters are closest (in log) to
     `target`. Size grows with depth (width follows it on the aspect ratio), so a bisection
     finds the first depth at or above the target and its shallower neighbour competes."""
-    base = _base(family)
-    lo = base.model.first_k_dense + 1 if base.model.num_moe_layers else 1
-    hi = family.max_layers
-    if lo > hi:
-        raise PlanError(f"family {family}: max_layers={hi} leaves no MoE layer")
-    first, last = lo, hi
+    first, last = lo, hi = _depths(family)
     while lo < hi:  # smallest depth with size >= target (or the deepest)
         mid = (lo + hi) // 2
         if _size(family, mid) >= target:
@@ -179,8 +183,7 @@ def plan_run(
         raise PlanError(f"n_law({budget:.3g}) = {target}: the size law gives no usable size")
     depth = closest_depth(family, target)
     size = _size(family, depth)
-    first = _base(family).model.first_k_dense + 1 if _base(family).model.num_moe_layers else 1
-    smallest, largest = _size(family, first), _size(family, family.max_layers)
+    smallest, largest = (_size(family, d) for d in _depths(family))
     note = ""
     if not smallest / 1.5 <= target <= largest * 1.5:
         note = (

@@ -28,7 +28,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from lingjax.configs import Config, ModelConfig, from_dict
@@ -203,7 +203,3 @@ def _typed(row: dict[str, str]) -> dict[str, Any]:
         else:
             out[k] = float(v) if v not in ("", None) else math.nan
     return out
-
-
-def column(rows: Iterable[dict[str, Any]], key: str) -> list[float]:
-    return [float(r[key]) for r in rows]
