@@ -318,6 +318,105 @@ class StepConfig:
     routing_warmup_steps: int
 
 
+OUTER_NAMES = ("nesterov", "average")
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class PenaltyConfig:
+    """EDiT's pseudo-gradient penalty and outer optimiser (Atorch defaults; the maths is in
+    lingjax/train/local_sgd.py). Frozen and hashable: a static argument of `jax.jit`."""
+
+    detector_alpha: float = 0.02  # EWMA weight of the newest sync's norm, in (0, 1]
+    detector_warmup: int = 120  # syncs observed before any replica can be eliminated
+    detector_threshold: float = 3.0  # base z-score threshold, scaled by max(1, std(recent z))
+    temperature: float = 1.0  # T of the weights softmax(-norm / T)
+    clip: float = 10.0  # max full-unit norm of the merged delta; 0 turns clipping off
+    step_weight: float = 0.0  # A-EDiT r: w = (1-r) w_norm + r steps/sum(steps); 0 = off
+    outer: str = "nesterov"  # "nesterov" (SGD with Nesterov momentum) or "average"
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.8
+
+    def validate(self, prefix: str = "PenaltyConfig.") -> None:
+        """ConfigError naming `prefix + key` (train.local_sgd.* from the run's config)."""
+
+        def check(ok: bool, key: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"{prefix}{key}={getattr(self, key)!r} {rule}")
+
+        check(0 < self.detector_alpha <= 1, "detector_alpha", "must be in (0, 1] (EDiT uses 0.02)")
+        check(
+            _is_int(self.detector_warmup) and self.detector_warmup >= 0,
+            "detector_warmup",
+            "must be an integer >= 0 (syncs before elimination starts; EDiT uses 120)",
+        )
+        check(self.detector_threshold > 0, "detector_threshold", "must be > 0 (EDiT uses 3.0)")
+        check(self.temperature > 0, "temperature", "must be > 0 (EDiT uses 1.0)")
+        check(
+            math.isfinite(self.clip) and self.clip >= 0,
+            "clip",
+            "must be >= 0 and finite (0 turns clipping off; EDiT uses 10)",
+        )
+        check(0 <= self.step_weight <= 1, "step_weight", "must be in [0, 1] (0 = off, A-EDiT 0.5)")
+        check(self.outer in OUTER_NAMES, "outer", f"must be one of {OUTER_NAMES}")
+        check(self.outer_lr > 0, "outer_lr", "must be > 0 (EDiT uses 0.7)")
+        check(0 <= self.outer_momentum < 1, "outer_momentum", "must be in [0, 1) (EDiT uses 0.8)")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSGDConfig:
+    """EDiT / A-EDiT local SGD (lingjax/train/replicas.py; arXiv 2412.07210): the mesh's `data`
+    axis holds mesh.data replicas, each training on its own rows with its own AdamW state and
+    no cross-replica communication, merged every `sync_every` steps (or every `sync_seconds`)
+    by the pseudo-gradient penalty and the outer optimiser. Off by default."""
+
+    enabled: bool = False
+    sync_every: int = 10  # tau: local steps between two syncs (EDiT: 10; Megatron example: 32)
+    # A-EDiT: sync by wall-clock time instead of steps (seconds, EDiT default 600); 0 = by steps.
+    sync_seconds: float = 0.0
+    # A-EDiT: a timed sync waits until the replicas took this many steps in all since the last
+    # one (Atorch's min_total_global_steps, 100).
+    min_steps: int = 0
+    warmup_steps: int = 0  # synchronous (gradient-averaging) steps first (EDiT examples: 100)
+    # The penalty and outer optimiser (PenaltyConfig; EDiT's defaults).
+    detector_alpha: float = 0.02
+    detector_warmup: int = 120
+    detector_threshold: float = 3.0
+    temperature: float = 1.0
+    clip: float = 10.0
+    step_weight: float = 0.0
+    outer: str = "nesterov"
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.8
+
+    def penalty(self) -> PenaltyConfig:
+        return PenaltyConfig(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(PenaltyConfig)}
+        )
+
+    def validate(self) -> None:
+        _check(
+            _is_int(self.sync_every) and self.sync_every >= 1,
+            f"train.local_sgd.sync_every={self.sync_every!r} must be an integer >= 1 (local "
+            "steps between syncs; EDiT uses 10)",
+        )
+        _check(
+            math.isfinite(self.sync_seconds) and self.sync_seconds >= 0,
+            f"train.local_sgd.sync_seconds={self.sync_seconds!r} must be >= 0 (0 = sync every "
+            "sync_every steps; A-EDiT uses 600)",
+        )
+        for key in ("min_steps", "warmup_steps"):
+            value = getattr(self, key)
+            _check(
+                _is_int(value) and value >= 0,
+                f"train.local_sgd.{key}={value!r} must be an integer >= 0",
+            )
+        self.penalty().validate(prefix="train.local_sgd.")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 200  # where the run stops (may grow on resume; see schedule_steps)
@@ -357,6 +456,7 @@ class TrainConfig:
     # Peak FLOP/s of one device for MFU; 0 = look the device kind up (no MFU if unknown).
     peak_flops_per_device: float = 0.0
     anomaly: AnomalyConfig = dataclasses.field(default_factory=AnomalyConfig)
+    local_sgd: LocalSGDConfig = dataclasses.field(default_factory=LocalSGDConfig)
 
     @property
     def schedule_length(self) -> int:
@@ -431,6 +531,7 @@ class TrainConfig:
             "the device up)",
         )
         self.anomaly.validate()
+        self.local_sgd.validate()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -660,7 +761,25 @@ class Config:
         self.checkpoint.validate()
         self.eval.validate()
         self._check_eval()
+        self._check_local_sgd()
         return self
+
+    def _check_local_sgd(self) -> None:
+        ls = self.train.local_sgd
+        if not ls.enabled:
+            return
+        _check(
+            self.mesh.data >= 1,
+            f"train.local_sgd.enabled needs mesh.data set to the number of replicas (it is "
+            f"{self.mesh.data}, the remaining devices, which would tie the replicas to the "
+            "device count): pass e.g. --config.mesh.data=4",
+        )
+        _check(
+            ls.step_weight == 0 or ls.sync_seconds > 0,
+            f"train.local_sgd.step_weight={ls.step_weight} weights replicas by their local step "
+            "counts, which differ only with timed syncs: set train.local_sgd.sync_seconds > 0, "
+            "or step_weight=0",
+        )
 
     def _check_eval(self) -> None:
         e, c = self.eval, self.checkpoint

@@ -19,14 +19,23 @@ from lingjax.parallel.mesh import (
     in_mesh_context,
     make_mesh,
     mesh_shape,
+    process_slice,
     shape_of,
 )
-from lingjax.parallel.rules import MESH_AXES, RULES, ShardingRuleError, flax_rules, spec
+from lingjax.parallel.rules import (
+    MESH_AXES,
+    RULES,
+    ShardingRuleError,
+    flax_rules,
+    replica_axis,
+    spec,
+)
 from lingjax.parallel.sharding import (
     batch_sharding,
     data_shard,
     logical_specs,
     put_batch,
+    relayout,
     variable_shardings,
 )
 
@@ -47,7 +56,10 @@ __all__ = [
     "logical_specs",
     "make_mesh",
     "mesh_shape",
+    "process_slice",
     "put_batch",
+    "relayout",
+    "replica_axis",
     "resolve_transport",
     "shape_of",
     "spec",

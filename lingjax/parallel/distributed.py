@@ -14,6 +14,7 @@ import glob
 import os
 
 import jax
+import numpy as np
 
 _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
 _TPU_VARS = ("TPU_WORKER_HOSTNAMES", "TPU_WORKER_ID", "MEGASCALE_COORDINATOR_ADDRESS")
@@ -90,3 +91,52 @@ def initialize(
         local_device_ids=local_device_ids,
     )
     return kind
+
+
+class Board:
+    """Small messages between the processes of a job, through the key-value store of JAX's
+    distributed runtime (the coordination service `jax.distributed.initialize` started): no
+    transport of lingjax's own. For agreeing on host-side decisions without a collective, so
+    that a process that is not ready does not hold the others (A-EDiT: process 0 posts when
+    the next sync is, the others read it between their own steps).
+
+    Every key lives under `prefix`, which process 0 makes unique per job start and every
+    process learns at construction (a collective: construct it on all processes together)."""
+
+    def __init__(self, name: str) -> None:
+        from jax._src import distributed as _distributed  # the runtime's client: no public API
+        from jax.experimental import multihost_utils
+
+        self._client = _distributed.global_state.client
+        if self._client is None:
+            raise RuntimeError(
+                "Board needs a multi-process job: call lingjax.parallel.initialize() first"
+            )
+        mine = np.frombuffer(os.urandom(8), np.uint32) if jax.process_index() == 0 else None
+        nonce = multihost_utils.broadcast_one_to_all(
+            mine if mine is not None else np.zeros((2,), np.uint32)
+        )
+        self.prefix = f"lingjax/{name}/" + "".join(f"{int(x):08x}" for x in np.asarray(nonce))
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}"
+
+    def post(self, key: str, value: str) -> None:
+        self._client.key_value_set(self._key(key), value)
+
+    def read(self, key: str) -> str | None:
+        """The value of `key`, or None if nobody posted it yet (does not wait)."""
+        try:
+            return self._client.key_value_try_get(self._key(key))
+        except jax.errors.JaxRuntimeError as e:
+            if "NOT_FOUND" in str(e):
+                return None
+            raise
+
+    def wait(self, key: str, timeout_s: float) -> str:
+        """The value of `key`, waiting up to `timeout_s` for it to be posted."""
+        return self._client.blocking_key_value_get(self._key(key), int(timeout_s * 1000))
+
+    def add(self, key: str, amount: int) -> int:
+        """Adds `amount` to the counter `key` (0 if never set); returns the new total."""
+        return int(self._client.key_value_increment(self._key(key), amount))

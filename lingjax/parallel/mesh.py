@@ -11,6 +11,7 @@ gradients once per step), tensor innermost (it communicates inside every layer).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -19,6 +20,7 @@ import jax
 from jax.sharding import AbstractMesh, AxisType, Mesh
 
 from lingjax.configs import Config, ConfigError, MeshConfig
+from lingjax.parallel import rules
 from lingjax.parallel.rules import ACTIVATIONS, BATCH_AXES, MESH_AXES, flax_rules
 
 
@@ -79,6 +81,36 @@ def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[jax.Device] | None = None)
     )
 
 
+def process_slice(mesh: Mesh, axis: str) -> tuple[Mesh, int, int]:
+    """(sub-mesh, lo, hi): the indices [lo, hi) of mesh axis `axis` whose devices belong to
+    this process, and the mesh of just those devices (the same axes; `axis` of size hi - lo).
+    One process: the mesh itself. Local SGD runs each process's replicas (indices of `data`)
+    on such a sub-mesh, with no other process. ConfigError if an index's devices span several
+    processes (a replica must live inside one process) or this process's are not contiguous."""
+    if jax.process_count() == 1:
+        return mesh, 0, shape_of(mesh)[axis]
+    dim = mesh.axis_names.index(axis)
+    devices = mesh.devices.swapaxes(0, dim)  # `axis` first
+    owners = [{d.process_index for d in devices[i].flat} for i in range(devices.shape[0])]
+    shared = [i for i, o in enumerate(owners) if len(o) > 1]
+    if shared:
+        raise ConfigError(
+            f"mesh.{axis} index {shared[0]} spans processes {sorted(owners[shared[0]])}: with "
+            f"train.local_sgd.enabled each of the mesh.{axis}={len(owners)} replicas must live "
+            f"inside one process; make mesh.{axis} a multiple of the {jax.process_count()} "
+            "processes (and the other axes fit in one process's devices)"
+        )
+    mine = [i for i, o in enumerate(owners) if o == {jax.process_index()}]
+    if not mine or mine != list(range(mine[0], mine[-1] + 1)):
+        raise ConfigError(
+            f"process {jax.process_index()} holds mesh.{axis} indices {mine}, not one contiguous "
+            "block; build the mesh with lingjax.parallel.make_mesh"
+        )
+    lo, hi = mine[0], mine[-1] + 1
+    sub = devices[lo:hi].swapaxes(0, dim)
+    return Mesh(sub, mesh.axis_names, axis_types=mesh.axis_types), lo, hi
+
+
 def abstract_mesh(shape: dict[str, int]) -> AbstractMesh:
     """A device-free mesh of `shape` ({axis: size}), for planning and ahead-of-time lowering."""
     return AbstractMesh(
@@ -92,13 +124,19 @@ def shape_of(mesh: Mesh | jax.sharding.AbstractMesh) -> dict[str, int]:
     return dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))
 
 
-def in_mesh_context(fn: Callable, mesh: Mesh) -> Callable:
+def in_mesh_context(fn: Callable, mesh: Mesh, replica_axis: str | None = None) -> Callable:
     """`fn` called under jax.set_mesh(mesh) and the activation rules (they act at trace time:
     they turn the model's `with_logical_constraint`s into sharding constraints and its experts
-    into the expert-parallel shard_map; entering them on every call keeps a retrace identical)."""
+    into the expert-parallel shard_map; entering them on every call keeps a retrace identical).
+    `replica_axis`: a mesh axis that holds local-SGD replicas, taken out of the rules
+    (rules.replica_axis)."""
 
     def call(*args, **kwargs):
-        with jax.set_mesh(mesh), nn.logical_axis_rules(flax_rules(ACTIVATIONS)):
+        with contextlib.ExitStack() as stack:
+            if replica_axis is not None:
+                stack.enter_context(rules.replica_axis(replica_axis))
+            stack.enter_context(jax.set_mesh(mesh))
+            stack.enter_context(nn.logical_axis_rules(flax_rules(ACTIVATIONS)))
             return fn(*args, **kwargs)
 
     return call

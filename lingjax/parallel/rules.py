@@ -17,11 +17,17 @@ Choices:
   (and Q heads without their KV heads), so it is split over fsdp only and the (cheap) fused
   projection runs redundantly on the tensor devices; q, k, v are split by head right after.
 - length, head_dim and layers are never split (no sequence or pipeline parallelism yet).
+
+Local SGD (lingjax/train/replicas.py) stacks R replicas on a leading axis over `data` and runs
+the step under `jax.vmap(..., spmd_axis_name="data")`; inside it, `data` is the replica axis
+and no rule may use it (`replica_axis("data")` takes it out of every entry while traced).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 
 from jax.sharding import PartitionSpec
 
@@ -54,10 +60,35 @@ class ShardingRuleError(ValueError):
     """A tensor's logical axes cannot be placed on the mesh; the message says why and how."""
 
 
+# Mesh axes taken out of every rule (the replica axis of local SGD while its step is traced).
+_REMOVED: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "lingjax_removed_mesh_axes", default=frozenset()
+)
+
+
+@contextlib.contextmanager
+def replica_axis(axis: str) -> Iterator[None]:
+    """While active, no rule maps to mesh axis `axis`: it holds replicas (one vmapped copy of
+    the model each), so a replica's tensors are split over the other axes only."""
+    if axis not in MESH_AXES:
+        raise ValueError(f"replica_axis({axis!r}): not a mesh axis; use one of {MESH_AXES}")
+    token = _REMOVED.set(_REMOVED.get() | {axis})
+    try:
+        yield
+    finally:
+        _REMOVED.reset(token)
+
+
 def _axes(entry: MeshAxes) -> tuple[str, ...]:
     if entry is None:
         return ()
-    return (entry,) if isinstance(entry, str) else tuple(entry)
+    axes = (entry,) if isinstance(entry, str) else tuple(entry)
+    removed = _REMOVED.get()
+    return tuple(a for a in axes if a not in removed) if removed else axes
+
+
+def _entry(axes: tuple[str, ...]) -> MeshAxes:
+    return None if not axes else axes[0] if len(axes) == 1 else axes
 
 
 def spec(
@@ -87,10 +118,10 @@ def spec(
                     "mesh axis: change one of the two rules in lingjax/parallel/rules.py"
                 )
             used[ax] = name
-        out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+        out.append(_entry(axes))
     return PartitionSpec(*out)
 
 
 def flax_rules(kind: int = ACTIVATIONS) -> tuple[tuple[str, MeshAxes], ...]:
     """The table's column as flax logical-axis rules (`nn.logical_axis_rules(...)`)."""
-    return tuple((name, cols[kind]) for name, cols in RULES.items())
+    return tuple((name, _entry(_axes(cols[kind]))) for name, cols in RULES.items())

@@ -105,3 +105,18 @@ def put_batch(
         v = np.asarray(v)
         out[k] = jax.make_array_from_process_local_data(sharding, v, (batch_size, *v.shape[1:]))
     return out
+
+
+def relayout(tree: Any, shardings: Any, shapes: Any) -> Any:
+    """`tree`'s arrays as arrays of `shardings` (same pytree) and global `shapes` (a tree of
+    objects with `.shape`), built from the SAME per-device buffers, no copy: for moving arrays
+    between a mesh and a sub-mesh of this process's devices (process_slice), in either
+    direction. Each target sharding must address exactly the devices of this process that
+    hold the source's shards, with the same blocks on them."""
+
+    def one(x: jax.Array, sharding: NamedSharding, like: Any) -> jax.Array:
+        return jax.make_array_from_single_device_arrays(
+            like.shape, sharding, [s.data for s in x.addressable_shards]
+        )
+
+    return jax.tree.map(one, tree, shardings, shapes)

@@ -15,14 +15,15 @@ R replicas each train with their own data and inner optimiser; every tau steps e
 replica's local unit with it (`jax.tree.map(lambda x: jnp.broadcast_to(x, (R, *x.shape)), s)`
 or a sharded put), since only the caller knows how the replica axis is laid out on the mesh.
 
-Detector design: ONE detector per unit observes the POOLED norms of all replicas (one
-observation per sync: the mean norm of the kept replicas), and every replica's norm is judged
-against it. A replica that is anomalous from its first sync (corrupted data, a bad host) thus
-still stands out against the others; a per-replica detector would learn its bad norm as normal.
-Open question for the loop that will call this (local SGD is not wired into training yet): the
-detector learns the spread of the R-replica MEAN while single replicas are judged, whose spread
-is ~sqrt(R) larger when their noise is independent (random +-5% norms reached z 2-4), so the
-wiring should either observe each kept replica's norm or judge the mean's deviation instead.
+Detector design: ONE detector per unit observes the norms of all kept replicas, and every
+replica's norm is judged against it. A replica that is anomalous from its first sync
+(corrupted data, a bad host) thus still stands out against the others; a per-replica detector
+would learn its bad norm as normal. Each sync is one EWMA step of the replicas' pooled
+distribution: the mean moves towards the kept replicas' mean norm and the variance takes in
+their mean squared deviation from the old mean, so the detector learns the spread of a SINGLE
+replica's norm (what it judges), not the ~sqrt(R) narrower spread of their mean (an earlier
+draft observed only the mean, and random +-5% norms then reached z 2-4). With one replica, or
+a scalar observation, this is EDiT's EWMA exactly.
 
 Arrays of the replicas carry a leading replica axis R; everything the maths computes (deltas,
 norms, weights, detector statistics) is fp32 whatever the parameter dtype. Keep theta_synced in
@@ -33,8 +34,6 @@ Legend: R replicas, W detector window (recent z-scores kept).
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any
 
 import flax.struct
@@ -42,48 +41,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lingjax.configs import ConfigError
+from lingjax.configs import PenaltyConfig
 
-OUTER_NAMES = ("nesterov", "average")
 # An eliminated replica's norm is raised by this before the softmax (EDiT's rule); its weight is
 # then also set to exactly 0, so a large temperature cannot revive it.
 _ELIMINATED_PENALTY = 1e6
 _CLIP_EPS = 1e-6
-
-
-@dataclasses.dataclass(frozen=True)
-class PenaltyConfig:
-    """EDiT's pseudo-gradient penalty and outer optimiser (Atorch defaults). Frozen and hashable:
-    pass it as a static argument of `jax.jit`."""
-
-    alpha: float = 0.02  # EWMA weight of the newest sync's norm, in (0, 1]
-    warmup: int = 120  # syncs observed before any replica can be eliminated
-    threshold: float = 3.0  # base z-score threshold, scaled by max(1, std(recent z))
-    temperature: float = 1.0  # T of the weights softmax(-norm / T)
-    clip: float = 10.0  # max full-unit norm of the merged delta; <= 0 turns clipping off
-    step_weight: float = 0.0  # A-EDiT r: w = (1-r) w_norm + r steps/sum(steps); 0 = off
-    outer: str = "nesterov"  # "nesterov" (SGD with Nesterov momentum) or "average"
-    outer_lr: float = 0.7
-    outer_momentum: float = 0.8
-
-    def validate(self) -> None:
-        def check(ok: bool, key: str, rule: str) -> None:
-            if not ok:
-                raise ConfigError(f"PenaltyConfig.{key}={getattr(self, key)!r} {rule}")
-
-        check(0 < self.alpha <= 1, "alpha", "must be in (0, 1] (EDiT uses 0.02)")
-        check(
-            isinstance(self.warmup, int) and not isinstance(self.warmup, bool) and self.warmup >= 0,
-            "warmup",
-            "must be an integer >= 0 (syncs before elimination starts; EDiT uses 120)",
-        )
-        check(self.threshold > 0, "threshold", "must be > 0 (EDiT uses 3.0)")
-        check(self.temperature > 0, "temperature", "must be > 0 (EDiT uses 1.0)")
-        check(math.isfinite(self.clip), "clip", "must be finite (use 0 to turn clipping off)")
-        check(0 <= self.step_weight <= 1, "step_weight", "must be in [0, 1] (0 = off, A-EDiT 0.5)")
-        check(self.outer in OUTER_NAMES, "outer", f"must be one of {OUTER_NAMES}")
-        check(self.outer_lr > 0, "outer_lr", "must be > 0 (EDiT uses 0.7)")
-        check(0 <= self.outer_momentum < 1, "outer_momentum", "must be in [0, 1) (EDiT uses 0.8)")
 
 
 # ----------------------------------------------------------------------------- detector
@@ -93,7 +56,7 @@ class PenaltyConfig:
 class Detector:
     """EWMA z-score detector of one unit's pseudo-gradient norms (a pytree: checkpoint it).
 
-    mean, m2   fp32 []   EWMA mean and variance of the observed (pooled) norms
+    mean, m2   fp32 []   EWMA mean and variance of the observed replicas' norms
     count      int32 []  syncs observed
     recent_z   fp32 [W]  ring buffer of the z-scores of the last W observations
     z_count    int32 []  entries of recent_z filled (<= W)
@@ -113,7 +76,7 @@ def detector_init(window: int) -> Detector:
     if not isinstance(window, int) or window < 1:
         raise ValueError(
             f"detector_init: window={window!r} must be an integer >= 1; pass "
-            "max(cfg.warmup, 1) (EDiT keeps the z-scores of the last `warmup` syncs)"
+            "max(cfg.detector_warmup, 1) (EDiT keeps the z-scores of the last `warmup` syncs)"
         )
     f, i = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
     return Detector(f, f, i, jnp.zeros((window,), jnp.float32), i, i)
@@ -133,7 +96,7 @@ def _threshold(det: Detector, cfg: PenaltyConfig) -> jax.Array:
     k = jnp.maximum(det.z_count, 1).astype(jnp.float32)
     m = jnp.where(valid, det.recent_z, 0.0).sum() / k
     std = jnp.sqrt(jnp.where(valid, (det.recent_z - m) ** 2, 0.0).sum() / k)
-    return cfg.threshold * jnp.maximum(1.0, std)
+    return cfg.detector_threshold * jnp.maximum(1.0, std)
 
 
 def detector_judge(
@@ -141,36 +104,47 @@ def detector_judge(
 ) -> tuple[jax.Array, jax.Array]:
     """Which replicas are outliers: `norms` fp32 [R] -> (outlier bool [R], z fp32 [R]).
 
-    One-sided: only z > threshold * max(1, std(recent z)) counts, and only once the detector has
-    observed `cfg.warmup` syncs (z is still reported during warmup). A non-finite norm is always
-    an outlier: its delta would turn the merged params into NaN."""
+    One-sided: only z > threshold * max(1, std(recent z)) counts, and only once the detector
+    has observed `cfg.detector_warmup` syncs (z is still reported during warmup). A non-finite
+    norm is always an outlier: its delta would turn the merged params into NaN."""
     norms = norms.astype(jnp.float32)
     z = _z(det, norms)
-    warm = det.count >= cfg.warmup
+    warm = det.count >= cfg.detector_warmup
     return ~jnp.isfinite(norms) | (warm & (z > _threshold(det, cfg))), z
 
 
-def detector_update(det: Detector, x: jax.Array, cfg: PenaltyConfig) -> Detector:
-    """The detector after observing `x` (fp32 [], one sync's pooled norm).
+def detector_update(
+    det: Detector, x: jax.Array, cfg: PenaltyConfig, mask: jax.Array | None = None
+) -> Detector:
+    """The detector after one sync's observation `x`: fp32 [] (one norm) or [R] (the replicas'
+    norms, those with `mask` False left out; module docstring).
 
-    The z-score of x against the state before the update goes into `recent_z` (from the third
-    observation on, when a spread exists), then: d = x - mean; mean += alpha d;
-    m2 = (1 - alpha)(m2 + alpha d^2); the first observation sets mean = x, m2 = 0. A non-finite
-    x is ignored (the state is returned unchanged)."""
-    x = jnp.asarray(x, jnp.float32)
+    With mean_r over the observed entries: the mean z-score of x against the state before the
+    update goes into `recent_z` (from the third sync on, when a spread exists), then
+    d_r = x_r - mean; mean += alpha mean_r(d_r); m2 = (1 - alpha)(m2 + alpha mean_r(d_r^2)).
+    The first sync sets mean = mean_r(x_r), m2 = mean_r((x_r - mean)^2) (0 for one norm).
+    Non-finite entries are left out; with none left the state is returned unchanged."""
+    x = jnp.atleast_1d(jnp.asarray(x, jnp.float32))
+    ok = jnp.isfinite(x) if mask is None else jnp.isfinite(x) & mask
+    k = jnp.maximum(ok.sum(), 1).astype(jnp.float32)
+
+    def avg(v: jax.Array) -> jax.Array:
+        return jnp.where(ok, v, 0.0).sum() / k
+
     W = det.recent_z.shape[0]
     push = det.count >= 2
     first = det.count == 0
+    xm, a = avg(x), cfg.detector_alpha
     d = x - det.mean
     new = Detector(
-        mean=jnp.where(first, x, det.mean + cfg.alpha * d),
-        m2=jnp.where(first, 0.0, (1.0 - cfg.alpha) * (det.m2 + cfg.alpha * d * d)),
+        mean=jnp.where(first, xm, det.mean + a * avg(d)),
+        m2=jnp.where(first, avg((x - xm) ** 2), (1.0 - a) * (det.m2 + a * avg(d * d))),
         count=det.count + 1,
-        recent_z=jnp.where(push, det.recent_z.at[det.z_next].set(_z(det, x)), det.recent_z),
+        recent_z=jnp.where(push, det.recent_z.at[det.z_next].set(avg(_z(det, x))), det.recent_z),
         z_count=jnp.where(push, jnp.minimum(det.z_count + 1, W), det.z_count),
         z_next=jnp.where(push, (det.z_next + 1) % W, det.z_next),
     )
-    return _select(jnp.isfinite(x), new, det)
+    return _select(ok.any(), new, det)
 
 
 # ----------------------------------------------------------------------------- merge
@@ -285,7 +259,7 @@ def sync_unit(
                   None for "average"; steps: int [R] local steps (A-EDiT, cfg.step_weight > 0)
     new_synced has no replica axis: the caller broadcasts it to every replica (module docstring).
 
-    Every kept replica's norm judged -> the detector observes the kept replicas' mean norm ->
+    Every kept replica's norm judged -> the detector observes the kept replicas' norms ->
     weights -> merged delta -> clip -> outer step. If every replica is eliminated, nothing
     trustworthy is left to merge: theta_synced, the outer state and the detector are kept.
     info (fp32 unless noted): norms [R], eliminated bool [R], weights [R], z [R], threshold [],
@@ -303,8 +277,7 @@ def sync_unit(
     kept = ~eliminated
     any_kept = kept.any()
 
-    pooled = jnp.where(kept, norms, 0.0).sum() / jnp.maximum(kept.sum(), 1)
-    new_det = _select(any_kept, detector_update(det, pooled, cfg), det)
+    new_det = detector_update(det, norms, cfg, mask=kept)
 
     w = sync_weights(norms, eliminated, cfg, steps)
 

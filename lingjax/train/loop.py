@@ -39,6 +39,7 @@ from lingjax.configs import (
     MeshConfig,
     ModelConfig,
     OptimizerConfig,
+    PenaltyConfig,
     StepConfig,
     to_dict,
     to_json,
@@ -54,11 +55,16 @@ from lingjax.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from lingjax.train.optimizer import make_optimizer
 from lingjax.train.preemption import PreemptionWatcher
 from lingjax.train.replay import RetryEntry, RetryFeeder
+from lingjax.train.replicas import ShardedLocalSGD, shard_local_sgd
 from lingjax.train.resume import check_resume_config, schedule_overrun
 from lingjax.train.sharded import ShardedTraining, shard_training
 from lingjax.train.state import TrainState
 from lingjax.train.step import controls, metrics_summary
+from lingjax.train.sync_plan import Decision, SyncPlan
 from lingjax.train.timing import SlowStepDetector
+
+# What a sync step reports to the host (sync()'s info, prefixed).
+SYNC_KEYS = ("sync_eliminated", "sync_norms", "sync_weight", "sync_local_steps")
 
 
 class TrainingAnomalyError(RuntimeError):
@@ -87,23 +93,34 @@ def _sharded(
     mesh_cfg: MeshConfig,
     batch_size: int,
     target: tuple | None,
-) -> ShardedTraining:
+    penalty: PenaltyConfig | None,
+) -> ShardedTraining | ShardedLocalSGD:
     shardings = None if target is None else jax.tree.unflatten(target[0], target[1])
     mesh = parallel.make_mesh(mesh_cfg)
+    if penalty is not None:  # local SGD; its host-side keys (sync_every, ...) are not in here
+        if shardings is not None:
+            raise ConfigError(
+                "target_shardings places a synchronous TrainState; with "
+                "train.local_sgd.enabled the replicas' layout is fixed (lingjax/train/replicas.py)"
+            )
+        return shard_local_sgd(
+            model_cfg, step_cfg, make_optimizer(opt_cfg), mesh, batch_size, penalty
+        )
     return shard_training(
         model_cfg, step_cfg, make_optimizer(opt_cfg), mesh, batch_size, shardings=shardings
     )
 
 
-def sharded_run(cfg: Config, target_shardings: Any = None) -> ShardedTraining:
+def sharded_run(cfg: Config, target_shardings: Any = None) -> ShardedTraining | ShardedLocalSGD:
     """The run of `cfg` laid out on its mesh (cached by the configs the step depends on)."""
     target = None
     if target_shardings is not None:
         leaves, treedef = jax.tree.flatten(target_shardings)
         target = (treedef, tuple(leaves))
     t = cfg.train
+    local = t.local_sgd.penalty() if t.local_sgd.enabled else None
     return _sharded(
-        cfg.model, t.step_config(), t.optimizer_config(), cfg.mesh, t.batch_size, target
+        cfg.model, t.step_config(), t.optimizer_config(), cfg.mesh, t.batch_size, target, local
     )
 
 
@@ -119,6 +136,7 @@ class _Pending:
     batch: dict[str, np.ndarray]
     entry: RetryEntry | None  # set if the batch was a retry
     metrics: dict[str, jax.Array]
+    synced: bool = False  # a local-SGD sync ran before this step (its info is in metrics)
 
 
 class _Window:
@@ -170,6 +188,7 @@ def train(
     the workdir or the data is raised before anything is written to the workdir.
     """
     cfg.validate()
+    _check_faults(cfg, faults)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir={workdir} is a file, not a directory; pass a directory")
     parallel.check_config(cfg, parallel.mesh_shape(cfg.mesh, jax.device_count()))
@@ -182,12 +201,13 @@ def train(
         check_init_from(cfg)
     if warning := schedule_overrun(cfg):
         print(f"warning: {warning}")
+    _check_local_sgd_job(cfg)
+    par = sharded_run(cfg, target_shardings)  # a replica split over processes is refused here
     lock = _lock_workdir(workdir, takeover)  # one writer: a second run stops here
     try:
         if jax.process_index() == 0:
             write_config(cfg, workdir)
             save_run_tokenizer(cfg.data, sources, workdir)
-        par = sharded_run(cfg, target_shardings)
         run = _Run(cfg, workdir, faults or FaultPlan(), par, lock, eval_inputs)
         try:
             return run.run()
@@ -196,6 +216,45 @@ def train(
     finally:
         if lock is not None:
             lock.release()
+
+
+def _check_faults(cfg: Config, faults: FaultPlan | None) -> None:
+    named = sorted(faults.replicas()) if faults else []
+    if not named:
+        return
+    if not cfg.train.local_sgd.enabled:
+        raise ConfigError(
+            f"the fault plan names replicas {named}, but this run trains synchronously; drop "
+            "the :rK suffixes, or set --config.train.local_sgd.enabled=true"
+        )
+    if named[-1] >= cfg.mesh.data:
+        raise ConfigError(
+            f"the fault plan names replica {named[-1]}, but the run has mesh.data="
+            f"{cfg.mesh.data} replicas (0..{cfg.mesh.data - 1})"
+        )
+
+
+def _check_local_sgd_job(cfg: Config) -> None:
+    """What an agreed (multi-process, timed) local-SGD run cannot do: in-loop evaluation and
+    params copies happen at step numbers that its processes reach at different times."""
+    ls = cfg.train.local_sgd
+    if not (ls.enabled and ls.sync_seconds > 0 and jax.process_count() > 1):
+        return
+    for key, value, fix in (
+        ("eval.every", cfg.eval.every, "score its checkpoints with python -m lingjax.cli.eval"),
+        (
+            "checkpoint.params_every_steps",
+            cfg.checkpoint.params_every_steps,
+            "merge its checkpoints with python -m lingjax.cli.merge",
+        ),
+    ):
+        if value:
+            raise ConfigError(
+                f"{key}={value} with train.local_sgd.sync_seconds={ls.sync_seconds} across "
+                f"{jax.process_count()} processes: the processes step at their own pace and "
+                f"meet only at syncs; set {key}=0 and {fix}, or sync by steps "
+                "(train.local_sgd.sync_seconds=0)"
+            )
 
 
 def check_init_from(cfg: Config) -> None:
@@ -270,7 +329,10 @@ class _Run:
 
     def _open(self) -> None:
         cfg, t, par = self.cfg, self.t, self.par
-        self.put_batch = lambda batch: par.put_batch(_model_inputs(batch))
+        if isinstance(par, ShardedLocalSGD):
+            self.put_batch = lambda batch, whole=True: par.put_batch(_model_inputs(batch), whole)
+        else:
+            self.put_batch = lambda batch, whole=True: par.put_batch(_model_inputs(batch))
         self.feeder = RetryFeeder(
             make_train_iterator(
                 cfg.data,
@@ -313,8 +375,9 @@ class _Run:
             data_iter=self.feeder,
             items=("state", "monitor"),
         )
+        self.local = isinstance(par, ShardedLocalSGD)
         if restored is not None:
-            self.state: TrainState = restored.state
+            self.state: TrainState = self._local_view(restored.state)
             self.monitor.load_state_dict(restored.monitor)
             self.start = restored.step
             print(f"resumed from checkpoint {restored.step} in {self.ckpt.directory}")
@@ -337,6 +400,14 @@ class _Run:
                 f"note: no MFU in the logs: the peak FLOP/s of a {jax.devices()[0].device_kind} "
                 "device is unknown; set --config.train.peak_flops_per_device to report it"
             )
+        self.plan = None
+        if self.local:
+            ls = t.local_sgd
+            agreed = par.multiprocess and ls.sync_seconds > 0
+            self.plan = SyncPlan(ls, par.replicas, par.hi - par.lo, agreed=agreed)
+            if agreed:  # each process at its own step (the label is process 0's)
+                self.start = int(jax.device_get(self.state.replicas.step)[0])
+            self._reset_local()
         self.window = _Window()
         self.last_logged = self.start
         self.iter_start: float | None = None  # start of the current loop iteration (timer)
@@ -348,10 +419,12 @@ class _Run:
             return state
         # Whole on the host, then placed shard by shard: fine up to host memory.
         _, variables = load(self.t.init_from)
+        print(f"initialised the weights from {self.t.init_from}")
+        if self.local:  # every replica and theta_synced
+            return self.par.set_weights(state, variables["params"], variables.get("buffers", {}))
         shard = self.par.state_shardings
         params = jax.device_put(variables["params"], shard.params)
         buffers = jax.device_put(variables.get("buffers", {}), shard.buffers)
-        print(f"initialised the weights from {self.t.init_from}")
         return state.replace(params=params, buffers=buffers)
 
     # ------------------------------------------------------------------ the loop
@@ -374,23 +447,40 @@ class _Run:
             stop = self.watcher.should_stop(step)
             last = step >= t.steps
             save = stop or last or (every > 0 and step % every == 0)
+            label = step  # of a checkpoint saved here
+            decision = self._agree(step, last, stop, save)
+            if decision is not None:  # an agreed local-SGD run: process 0 decided
+                last, stop, save, label = (
+                    decision.last,
+                    decision.preempted,
+                    decision.save,
+                    decision.label,
+                )
             evaluate = self.evaluator is not None and self.evaluator.due(step, last)
             log = step % t.log_every == 0 or last or evaluate
             if self.lock is not None and (save or log):
                 self.lock.check()  # another run took the workdir over: stop writing it
-            if pending is not None and (save or log):
-                if self._process(pending):
-                    step, pending = self._rollback(None, step), None
+            if pending is not None and (save or log) and self._process(pending):
+                pending = None
+                if not self._rollback_is_reset():
+                    step = self._rollback(None, step)
                     continue
+                self.state = self._reset_replicas(self.state, step)
+            if self.local and (
+                (decision and decision.sync) or (last and self.plan.last_sync < step)
+            ):
+                self._boundary_sync(step)  # an agreed sync, or the sync that ends the run
+            if pending is not None and (save or log):
                 if log and step > self.last_logged:
                     summary = self._log_row(step, pending.metrics, evaluate)
                     first_loss = summary["loss"] if first_loss is None else first_loss
                 pending = None
-            if save and step > self.start:
-                iter_saved = self._save(step)
+            if save and (step > self.start or decision is not None):
+                iter_saved = self._save(label)
             copy_every = self.cfg.checkpoint.params_every_steps
             if self.params_ckpt and step > self.start and step % copy_every == 0:
-                variables = {"params": self.state.params, "buffers": self.state.buffers}
+                view = self._global_view()
+                variables = {"params": view.params, "buffers": view.buffers}
                 iter_saved = self.params_ckpt.save(step, variables) or iter_saved
             if last:
                 break
@@ -406,18 +496,20 @@ class _Run:
             t0 = time.perf_counter()
             batch, entry = self.feeder.take(step)
             self.mixture.update(batch)
-            device_batch = self.put_batch(batch)
+            ctl, program, synced, whole = self._controls(step, entry)
+            device_batch = self.put_batch(self._faulty(batch, step + 1), whole)
             iter_data = time.perf_counter() - t0
-            ctl = controls(
-                spike_lr_scale=self.acfg.retry_lr_scale if entry else 0.0,
-                loss_scale=self.faults.loss_scale(step + 1),
-            )
-            new_state, metrics = self.par.step(self.state, device_batch, ctl)
+            new_state, metrics = program(self.state, device_batch, ctl)
+            if self.plan is not None and self.plan.agreed:
+                self.plan.took_step()
             if pending is not None and self._process(pending):
-                step, pending = self._rollback(mark, step), None  # new_state is discarded
-                continue
+                if not self._rollback_is_reset():
+                    step, pending = self._rollback(mark, step), None  # new_state is discarded
+                    continue
+                # The step already ran (a sync in it happened on every process): keep it.
+                new_state = self._reset_replicas(new_state, step)
             self.state = new_state
-            pending = _Pending(step, batch, entry, metrics)
+            pending = _Pending(step, batch, entry, metrics, synced)
             step += 1
             if compiled:
                 self.window.add(iter_data)
@@ -425,6 +517,8 @@ class _Run:
                 jax.block_until_ready(metrics)
                 print(f"step {step}: compiled and ran in {time.perf_counter() - t0:.1f}s")
                 compiled = True
+                if self.plan is not None:  # the A-EDiT clock does not count the compile
+                    self.plan.clock = time.monotonic()
                 self.window.reset()
                 self.iter_start = None
 
@@ -448,6 +542,8 @@ class _Run:
         decision = self.monitor.decide(outcome, attempts, origin)
         for e in decision.events:
             self.writer.event(e)
+        if rec.synced:
+            self._sync_event(rec.step, {k[5:]: rec.metrics[k] for k in SYNC_KEYS})
         if decision.rollback:
             if decision.requeue:  # this batch belongs to the streak: it goes with it
                 self.monitor.counters["dropped_batches"] += 1
@@ -461,6 +557,14 @@ class _Run:
             )
         return False
 
+    def _give_up(self, now: int) -> None:
+        raise TrainingAnomalyError(
+            f"{self.acfg.rollback_after} anomalous steps in a row at step {now}, after "
+            f"{self.acfg.max_rollbacks} rollbacks already; see "
+            f"{os.path.join(self.workdir, 'events.jsonl')}. Lower train.lr, check the data "
+            "around these steps, or raise train.anomaly.max_rollbacks."
+        )
+
     def _rollback(self, mark: Any, now: int) -> int:
         """Back to the newest checkpoint before the anomaly streak (or the initial state) from
         step `now`; the data stream moves on and the streak's batches are dropped. `mark` is
@@ -469,12 +573,7 @@ class _Run:
         if mark is not None:  # hand back the batch of the discarded, already-dispatched step
             self.feeder.reset(mark)
         if self.monitor.counters["rollbacks"] >= self.acfg.max_rollbacks:
-            raise TrainingAnomalyError(
-                f"{self.acfg.rollback_after} anomalous steps in a row at step {now}, after "
-                f"{self.acfg.max_rollbacks} rollbacks already; see "
-                f"{os.path.join(self.workdir, 'events.jsonl')}. Lower train.lr, check the data "
-                "around these steps, or raise train.anomaly.max_rollbacks."
-            )
+            self._give_up(now)
         streak_start = self.monitor.streak_start
         dropped = self.feeder.drop_from(streak_start)
         self.monitor.counters["dropped_batches"] += dropped
@@ -485,7 +584,9 @@ class _Run:
             items=("state",),
             before=streak_start,
         )
-        self.state = restored.state if restored else self._init_state()
+        self.state = self._local_view(restored.state) if restored else self._init_state()
+        if self.local:
+            self._reset_local()
         target = restored.step if restored else 0
         self.monitor.rolled_back()
         # Re-save the target step with the new data position and counters (its old copy goes
@@ -512,12 +613,125 @@ class _Run:
         self.window.reset()
         return target
 
+    # ------------------------------------------------------------------ local SGD
+
+    def _global_view(self) -> Any:
+        """The state as checkpoints, evaluation and params copies see it (local SGD across
+        processes: every replica on the whole mesh; otherwise the state itself)."""
+        return self.par.to_global(self.state) if self.local else self.state
+
+    def _local_view(self, state: Any) -> Any:
+        return self.par.to_local(state) if self.local else state
+
+    def _reset_local(self) -> None:
+        """The plan's record of the last sync, from the state (start, resume, rollback)."""
+        last, syncs = jax.device_get((self.state.last_sync, self.state.syncs))
+        self.plan.reset(int(last), int(syncs))
+
+    def _agree(self, step: int, last: bool, stop: bool, save: bool) -> Decision | None:
+        """An agreed (A-EDiT across processes) run's decision at this boundary; else None."""
+        if self.plan is None or not self.plan.agreed:
+            return None
+        if jax.process_index() == 0:
+            return self.plan.decide(step, last=last, preempted=stop, save=save)
+        return self.plan.follow(step, at_end=last)
+
+    def _controls(self, step: int, entry: RetryEntry | None) -> tuple[Any, Any, bool, bool]:
+        """(controls, the program to run, whether it syncs first, whether it runs over every
+        replica) of step `step` (0-based)."""
+        lr_scale = self.acfg.retry_lr_scale if entry else 0.0
+        if not self.local:
+            ctl = controls(spike_lr_scale=lr_scale, loss_scale=self.faults.loss_scale(step + 1))
+            return ctl, self.par.step, False, True
+        warm = self.plan.warm(step)
+        ctl = controls(
+            spike_lr_scale=lr_scale,
+            loss_scale=self.faults.loss_scale(step + 1, self.par.replicas),
+            synchronous=float(warm),
+        )
+        if warm:
+            self.plan.last_sync = step + 1
+        if not self.plan.agreed and self.plan.due(step):
+            self.plan.synced(step)
+            return ctl, self.par.sync_step, True, True
+        return ctl, self.par.step, False, warm
+
+    def _faulty(self, batch: dict[str, np.ndarray], step: int) -> dict[str, np.ndarray]:
+        batch = _model_inputs(batch)
+        if self.faults.corrupt_from:
+            batch = dict(batch)
+            if self.local:
+                replicas, first = self.par.hi - self.par.lo, self.par.lo
+            else:
+                replicas, first = 1, 0
+            self.faults.corrupt(batch, step, self.cfg.model.vocab_size, replicas, first)
+        return batch
+
+    def _boundary_sync(self, step: int) -> None:
+        """A sync between two steps (the end of a run, or an agreed timed sync)."""
+        self.state, info = self.par.sync(self.state)
+        self._sync_event(step, info)  # waits for the sync: the A-EDiT clock starts after it
+        self.plan.synced(step)
+
+    def _sync_event(self, step: int, info: dict[str, Any]) -> None:
+        """One `sync` event per sync (the sync history: each replica's local steps since the
+        last one, pseudo-gradient norm and merge weight), and a `replica_eliminated` event
+        when the sync eliminated (a unit of) a replica."""
+        info = {k: np.asarray(v) for k, v in jax.device_get(info).items()}
+        self.writer.event(
+            {
+                "event": "sync",
+                "step": step,
+                "local_steps": info["local_steps"].tolist(),
+                "norms": info["norms"].round(6).tolist(),
+                "weights": info["weight"].round(6).tolist(),
+            },
+            quiet=True,
+        )
+        out = [int(r) for r in np.flatnonzero(info["eliminated"])]
+        if out:
+            self.writer.event(
+                {
+                    "event": "replica_eliminated",
+                    "step": step,
+                    "replicas": out,
+                    "units": info["eliminated"].tolist(),
+                    "norms": info["norms"].round(6).tolist(),
+                }
+            )
+
+    def _rollback_is_reset(self) -> bool:
+        """Local SGD across processes: the anomaly policy's rollback resets this process's
+        replicas to the last synced model instead (a checkpoint restore would need every
+        process, and the others' replicas are healthy)."""
+        return self.local and self.par.multiprocess
+
+    def _reset_replicas(self, state: Any, now: int) -> Any:
+        if self.monitor.counters["rollbacks"] >= self.acfg.max_rollbacks:
+            self._give_up(now)
+        streak_start = self.monitor.streak_start
+        dropped = self.feeder.drop_from(streak_start)
+        self.monitor.counters["dropped_batches"] += dropped
+        self.monitor.rolled_back()
+        self.writer.event(
+            {
+                "event": "replicas_reset",
+                "step": now,
+                "replicas": list(range(self.par.lo, self.par.hi)),
+                "process": jax.process_index(),
+                "streak_start": streak_start + 1,
+                "batches_dropped": dropped,
+                "rollbacks": self.monitor.counters["rollbacks"],
+            }
+        )
+        return self.par.reset_replicas(state)
+
     def _save(self, step: int, *, force: bool = False) -> bool:
         if not force and step in self.ckpt.all_steps():
             return False
         self.ckpt.save(
             step,
-            self.state,
+            self._global_view(),
             data_iter=self.feeder,
             monitor=self.monitor.state_dict(),
             config=to_dict(self.cfg),
@@ -540,7 +754,7 @@ class _Run:
         row.update(self.mixture.metrics())
         if evaluate:  # val_loss, capability/..., task/...; its time stays out of the step timer
             t0 = time.perf_counter()
-            row.update(self.evaluator(self.state, step))
+            row.update(self.evaluator(self._global_view(), step))
             self.iter_start = time.perf_counter()
             self.eval_time = self.iter_start - t0
         eta = (self.t.steps - step) * row["step_time"] if row["step_time"] else None

@@ -78,13 +78,14 @@ class MetricsWriter:
                 self._tb.add_scalar(k, v, step)
         print(progress_line(step, metrics, self.total_steps, eta_seconds), flush=True)
 
-    def event(self, event: dict[str, Any]) -> None:
-        """One event: a line in events.jsonl and on stdout."""
+    def event(self, event: dict[str, Any], quiet: bool = False) -> None:
+        """One event: a line in events.jsonl and (unless `quiet`: routine ones) on stdout."""
         if not self.enabled:
             return
         row = {k: _jsonable(v) for k, v in event.items()}
         self._events.write(json.dumps(row) + "\n")
-        print("event: " + " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        if not quiet:
+            print("event: " + " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 
     def close(self) -> None:
         for f in (self._jsonl, self._events, self._tb):

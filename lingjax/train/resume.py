@@ -156,7 +156,11 @@ def check_resume_config(
     if saved is None:
         return cfg, {}
     changes = config_changes(saved, cfg)
-    blocked = sorted(k for k in changes if k not in RESUMABLE_KEYS | SCHEDULE_KEYS)
+    resumable = RESUMABLE_KEYS | SCHEDULE_KEYS
+    if cfg.train.local_sgd.enabled or saved.train.local_sgd.enabled:
+        # mesh.data is the number of local-SGD replicas: the state's shape, not its layout
+        resumable = resumable - {"mesh.data"}
+    blocked = sorted(k for k in changes if k not in resumable)
     if blocked and not allow_change:
         lines = "\n".join(f"  {k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in blocked)
         raise ConfigError(

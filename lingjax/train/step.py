@@ -8,11 +8,19 @@ the update), and the host steers the policy through two scalar controls:
                   the LR scaled by s (a retried batch whose spike recurred);
   loss_scale      multiplies the loss (and so the gradients); 1 except in fault-injection tests.
 
+Under local SGD (lingjax/train/replicas.py) the step runs once per replica inside
+`jax.vmap(..., axis_name=replica_axis)` and communicates with no other replica, except while
+the third control, `synchronous`, is set (EDiT's warmup of synchronous steps): then the
+replicas average their gradients and judged loss (weighted by their target tokens) and sum
+their expert counts over the replica axis, under a `lax.cond` so the local steps pay nothing
+for it; the replicas stay identical and step as one data-parallel step over all their rows.
+
 Legend: N MoE layers, E experts.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -34,12 +42,16 @@ Batch = dict[str, Array]
 Controls = dict[str, Array]
 
 
-def controls(spike_lr_scale: float = 0.0, loss_scale: float = 1.0) -> Controls:
-    """The step's host-side inputs (fp32 scalars: new values never trigger a recompile)."""
-    return {
+def controls(spike_lr_scale: float = 0.0, loss_scale: Any = 1.0, **extra: Any) -> Controls:
+    """The step's host-side inputs (fp32 scalars, or [R] per replica for `loss_scale` under
+    local SGD: new values never trigger a recompile); `extra` = more named controls
+    (`synchronous` under local SGD)."""
+    out = {
         "spike_lr_scale": np.float32(spike_lr_scale),
-        "loss_scale": np.float32(loss_scale),
+        "loss_scale": np.asarray(loss_scale, np.float32),
     }
+    out.update({k: np.asarray(v, np.float32) for k, v in extra.items()})
+    return out
 
 
 def expert_bias_update(
@@ -60,16 +72,31 @@ def load_violation(counts: Array) -> Array:
     return (counts.max(-1) - mean) / jnp.maximum(mean, 1e-9)
 
 
+def _replica_mean(grads: Any, loss: Array, counts: Any, tokens: Array, *, axis: str):
+    """The replicas' gradients and loss as ONE step over all their rows would have them: the
+    mean weighted by each replica's target tokens (the CE is a mean over tokens, so this is
+    exact for it; the router losses, means over all positions, are weighted alike, which is
+    off by the spread of the replicas' target counts times z_coef), and the summed counts."""
+    w = tokens / jnp.maximum(jax.lax.pmean(tokens, axis), 1.0)
+    mean = jax.tree.map(lambda g: jax.lax.pmean(g * w.astype(g.dtype), axis), grads)
+    return mean, jax.lax.pmean(loss * w, axis), jax.lax.psum(counts, axis)
+
+
 def routing_alpha(step: Array, warmup_steps: int) -> Array:
     return jnp.minimum(step.astype(jnp.float32) / warmup_steps, 1.0)
 
 
 def make_train_step(
-    model_cfg: ModelConfig, step_cfg: StepConfig, tx: optax.GradientTransformation
+    model_cfg: ModelConfig,
+    step_cfg: StepConfig,
+    tx: optax.GradientTransformation,
+    replica_axis: str | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, Array]]]:
     """`train_step(state, batch, ctl=None) -> (state, metrics)`; pure, to be jitted with
     donation. `ctl` is `controls(...)` (None: the defaults). It reads the model config, the
-    step config (`TrainConfig.step_config()`) and `tx` (`make_optimizer`), nothing else."""
+    step config (`TrainConfig.step_config()`) and `tx` (`make_optimizer`), nothing else.
+    `replica_axis`: the vmap axis name of local-SGD replicas (module docstring); the step then
+    needs `ctl["synchronous"]`."""
     model = Transformer(model_cfg)
     t = step_cfg
     spike_cfg = t.spike
@@ -107,8 +134,20 @@ def make_train_step(
         grads, (parts, aux) = jax.grad(loss_fn, has_aux=True)(
             state.params, state.buffers, batch, rng, alpha, ctl["loss_scale"]
         )
+        judged = parts["loss"]
+        counts = moe_counts_by_bias_path(aux, model_cfg.num_mtp_layers) if state.buffers else {}
+        if replica_axis is not None:  # EDiT's synchronous warmup: act as one DP step
+            grads, judged, counts = jax.lax.cond(
+                ctl["synchronous"] > 0,
+                functools.partial(_replica_mean, axis=replica_axis),
+                lambda g, j, c, n: (g, j, c),
+                grads,
+                judged,
+                counts,
+                parts["tokens"],
+            )
         grad_norm = optax.tree.norm(grads)
-        verdict = anomaly.judge(state.spike_stats, parts["loss"], grad_norm, spike_cfg)
+        verdict = anomaly.judge(state.spike_stats, judged, grad_norm, spike_cfg)
         lr_scale = jnp.where(verdict.spike, ctl["spike_lr_scale"], 1.0)
         lr = schedule(state.step) * lr_scale
         opt_state = set_learning_rate(state.opt_state, lr)
@@ -116,7 +155,6 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         buffers = state.buffers
         if buffers:  # aux-loss-free balancing: counts are over the whole (global) batch
-            counts = moe_counts_by_bias_path(aux, model_cfg.num_mtp_layers)
             buffers = jax.tree.map(
                 lambda b, c: expert_bias_update(b, c, t.expert_bias_rate), buffers, counts
             )
@@ -130,9 +168,7 @@ def make_train_step(
             (state.params, state.buffers, state.opt_state),
         )
         clean = apply & ~verdict.spike & ~verdict.nonfinite
-        stats = anomaly.observe(
-            state.spike_stats, parts["loss"], grad_norm, clean, spike_cfg.ema_decay
-        )
+        stats = anomaly.observe(state.spike_stats, judged, grad_norm, clean, spike_cfg.ema_decay)
         metrics = dict(parts)
         metrics["grad_norm"] = grad_norm
         metrics["lr"] = lr

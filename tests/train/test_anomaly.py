@@ -98,7 +98,7 @@ def test_slow_step_detector_names_the_cause():
 
 def test_fault_plan_parses_and_rejects_bad_specs():
     plan = FaultPlan.parse("nan@3, spike@5x20,kill@9,killsave@12,term@7")
-    assert np.isnan(plan.loss_scales[3]) and plan.loss_scales[5] == 20.0
+    assert np.isnan(plan.loss_scales[3, -1]) and plan.loss_scales[5, -1] == 20.0
     assert plan.loss_scale(5) == 20.0 and plan.loss_scale(5) == 1.0  # fires once
     for bad in ("nan@0", "boom@3", "kill@3x2", "spike@x"):
         with pytest.raises(ValueError, match="nan@STEP"):

@@ -83,11 +83,11 @@ def _close(tree, leaves, rtol=1e-5, atol=1e-6):
 
 def test_ewma_matches_hand_loop():
     rng = np.random.default_rng(0)
-    cfg = PenaltyConfig(alpha=0.1, warmup=5)
+    cfg = PenaltyConfig(detector_alpha=0.1, detector_warmup=5)
     W = 8
     xs = (5.0 + rng.normal(size=30)).astype(np.float32)
     probe = (5.0 + rng.normal(size=R)).astype(np.float32)
-    a = np.float32(cfg.alpha)
+    a = np.float32(cfg.detector_alpha)
     mean, m2, zs = np.float32(0), np.float32(0), []
     det = detector_init(W)
     for count, x in enumerate(xs):  # count: observations before x
@@ -115,12 +115,51 @@ def test_ewma_matches_hand_loop():
     assert all(np.array_equal(a, b) for a, b in zip(_flat(same), _flat(det), strict=True))
 
 
+def test_pooled_update_learns_one_replicas_spread_by_hand():
+    cfg = PenaltyConfig(detector_alpha=0.1)
+    a = 0.1
+    x0 = np.array([4.0, 5.0, 6.0, 9.0], np.float32)
+    mask = np.array([True, True, True, False])  # replica 3 eliminated: not observed
+    det = detector_update(detector_init(4), jnp.asarray(x0), cfg, mask=jnp.asarray(mask))
+    kept = x0[mask]
+    assert float(det.mean) == pytest.approx(kept.mean())
+    assert float(det.m2) == pytest.approx(((kept - kept.mean()) ** 2).mean())
+    x1 = np.array([5.5, np.nan, 4.5, 7.0], np.float32)  # a NaN entry is left out too
+    det1 = detector_update(det, jnp.asarray(x1), cfg)
+    ok = x1[np.isfinite(x1)]
+    m, v = kept.mean(), ((kept - kept.mean()) ** 2).mean()
+    d = ok - m
+    assert float(det1.mean) == pytest.approx(m + a * d.mean(), rel=1e-6)
+    assert float(det1.m2) == pytest.approx((1 - a) * (v + a * (d**2).mean()), rel=1e-6)
+
+
+def test_honest_replicas_are_not_eliminated():
+    """8 replicas with independent +-5% norm noise: the detector learns ONE replica's spread, so
+    at threshold 3 about the Gaussian tail (0.13%) of the 280 x 8 judged norms is dropped (had
+    it learnt the mean's sqrt(8)-narrower spread, ~14% would be); a 3x norm still is."""
+    rng = np.random.default_rng(3)
+    cfg = PenaltyConfig()  # EDiT: alpha 0.02, warmup 120, threshold 3
+    det = detector_init(cfg.detector_warmup)
+    judge = jax.jit(detector_judge, static_argnames=("cfg",))
+    update = jax.jit(detector_update, static_argnames=("cfg",))
+    dropped = judged = 0
+    for i in range(400):
+        norms = jnp.asarray(1.0 + 0.05 * rng.normal(size=8), jnp.float32)
+        out, _ = judge(det, norms, cfg)
+        dropped += int(np.asarray(out).sum())
+        judged += 8 * (i >= cfg.detector_warmup)
+        det = update(det, norms, cfg, mask=~out)
+    assert dropped <= 0.005 * judged, (dropped, judged)
+    out, _ = judge(det, jnp.asarray([1.0, 1.0, 3.0, 1.0], jnp.float32), cfg)
+    assert np.asarray(out).tolist() == [False, False, True, False]
+
+
 def test_no_elimination_in_warmup_then_planted_outlier_is_eliminated_one_sided():
     rng = np.random.default_rng(1)
-    cfg = PenaltyConfig(warmup=20, outer="average", clip=0.0)
-    det = detector_init(cfg.warmup)
+    cfg = PenaltyConfig(detector_warmup=20, outer="average", clip=0.0)
+    det = detector_init(cfg.detector_warmup)
     synced = _unit(rng)
-    for i in range(cfg.warmup):
+    for i in range(cfg.detector_warmup):
         if i == 10:  # a probe sync (its outputs are dropped): 50x outlier during warmup
             loc = _locals(synced, [1.0, 1.0, 50.0, 1.0], rng)
             _, det2, _, info = SYNC(synced, loc, det, None, cfg)
@@ -135,7 +174,7 @@ def test_no_elimination_in_warmup_then_planted_outlier_is_eliminated_one_sided()
         loc = _locals(synced, 1.0 + 0.05 * rng.normal(size=R), rng)
         synced, det, _, info = SYNC(synced, loc, det, None, cfg)
         assert not np.asarray(info["eliminated"]).any()
-    assert int(det.count) == cfg.warmup
+    assert int(det.count) == cfg.detector_warmup
 
     m = float(det.mean)
     loc = _locals(synced, [m, m, 50.0 * m, 0.01 * m], rng)  # replica 3: a much SMALLER norm
@@ -159,7 +198,7 @@ def test_no_elimination_in_warmup_then_planted_outlier_is_eliminated_one_sided()
 
 def test_dynamic_threshold_scales_with_recent_z_spread():
     rng = np.random.default_rng(2)
-    cfg = PenaltyConfig(warmup=10)
+    cfg = PenaltyConfig(detector_warmup=10)
     W = 10
     noisy = (2.5 * rng.normal(size=W)).astype(np.float32)
     s = float(np.std(noisy))
@@ -244,7 +283,7 @@ def test_a_diverged_replica_is_eliminated_even_in_warmup():
     loc = _locals(synced, [1.0, 1.2, 0.9, 1.1], rng)
     loc["mlp"]["w"][1, 0, 0] = np.nan
     cfg = PenaltyConfig(clip=0.0)
-    det = detector_init(cfg.warmup)
+    det = detector_init(cfg.detector_warmup)
     tx = outer_optimizer(cfg)
     new, det, _, info = sync_unit(synced, loc, det, tx.init(synced), cfg)
     assert np.asarray(info["eliminated"]).tolist() == [False, True, False, False]
@@ -257,7 +296,7 @@ def test_every_replica_eliminated_keeps_synced_outer_state_and_detector():
     synced = _unit(rng)
     loc = jax.tree.map(lambda x: np.full_like(x, np.nan), _locals(synced, [1.0] * R, rng))
     cfg = PenaltyConfig()
-    det = detector_update(detector_init(cfg.warmup), jnp.float32(1.0), cfg)
+    det = detector_update(detector_init(cfg.detector_warmup), jnp.float32(1.0), cfg)
     opt_state = jax.tree.map(lambda x: x + 0.3, outer_optimizer(cfg).init(synced))
     new, new_det, new_state, info = sync_unit(synced, loc, det, opt_state, cfg)
     assert np.asarray(info["eliminated"]).all()
@@ -293,7 +332,7 @@ def test_pseudo_gradient_norms_and_shape_errors():
         pseudo_gradient_norms(synced, {"attn": loc["attn"]})
     cfg = PenaltyConfig()
     with pytest.raises(ValueError, match="opt_state"):
-        sync_unit(synced, loc, detector_init(cfg.warmup), None, cfg)
+        sync_unit(synced, loc, detector_init(cfg.detector_warmup), None, cfg)
     with pytest.raises(ValueError, match="window"):
         detector_init(0)
 
@@ -303,7 +342,7 @@ def test_nesterov_outer_step_over_two_syncs():
     cfg = PenaltyConfig(clip=1.0)  # default Nesterov SGD, lr 0.7, momentum 0.8
     lr, mu = cfg.outer_lr, cfg.outer_momentum
     synced = _unit(rng)
-    det, opt_state = detector_init(cfg.warmup), outer_optimizer(cfg).init(synced)
+    det, opt_state = detector_init(cfg.detector_warmup), outer_optimizer(cfg).init(synced)
     theta, v = _flat(synced), [np.zeros_like(x) for x in _flat(synced)]
     for _ in range(2):
         loc = _locals(synced, 3.0 * (1 + 0.2 * rng.normal(size=R)), rng)
@@ -322,7 +361,7 @@ def test_average_outer_step_is_synced_minus_delta():
     cfg = PenaltyConfig(outer="average", temperature=0.5, clip=1.0)
     synced = _unit(rng)
     loc = _locals(synced, 2.0 + rng.normal(size=R) ** 2, rng)
-    new, _, state, _ = sync_unit(synced, loc, detector_init(cfg.warmup), None, cfg)
+    new, _, state, _ = sync_unit(synced, loc, detector_init(cfg.detector_warmup), None, cfg)
     assert state is None and outer_optimizer(cfg) is None
     delta = _hand_delta(synced, loc, cfg.temperature, cfg.clip)
     _close(new, [s - d for s, d in zip(_flat(synced), delta, strict=True)])
@@ -334,14 +373,14 @@ def test_one_effective_worker_reduces_to_its_local_update():
     synced = _unit(rng)
     one = _locals(synced, [1.7], rng)
     loc = jax.tree.map(lambda x: np.repeat(x, R, axis=0), one)
-    new, _, _, info = sync_unit(synced, loc, detector_init(cfg.warmup), None, cfg)
+    new, _, _, info = sync_unit(synced, loc, detector_init(cfg.detector_warmup), None, cfg)
     np.testing.assert_allclose(np.asarray(info["weights"]), np.full(R, 1 / R), rtol=1e-6)
     _close(new, [x[0] for x in _flat(one)], rtol=1e-6, atol=1e-6)
 
 
 def test_jit_matches_eager():
     rng = np.random.default_rng(11)
-    cfg = PenaltyConfig(warmup=8, step_weight=0.5, clip=1.5)
+    cfg = PenaltyConfig(detector_warmup=8, step_weight=0.5, clip=1.5)
     synced = _unit(rng)
     det = Detector(
         mean=jnp.float32(2.0),
@@ -365,11 +404,11 @@ def test_jit_matches_eager():
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("alpha", 0.0),
-        ("alpha", 1.5),
-        ("warmup", -1),
-        ("warmup", 2.5),
-        ("threshold", 0.0),
+        ("detector_alpha", 0.0),
+        ("detector_alpha", 1.5),
+        ("detector_warmup", -1),
+        ("detector_warmup", 2.5),
+        ("detector_threshold", 0.0),
         ("temperature", -1.0),
         ("clip", float("inf")),
         ("step_weight", 1.1),
