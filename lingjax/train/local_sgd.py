@@ -4,8 +4,8 @@ maths of one sync of one sync unit.
 R replicas each train with their own data and inner optimiser; every tau steps each sync unit
 (one top-level parameter subtree, e.g. one decoder layer) is merged on its own:
   1. pseudo-gradients  delta_r = theta_synced - theta_local_r  and their full-unit L2 norms n_r;
-  2. anomaly elimination: a replica whose n_r is an outlier for the unit's EWMA z-score
-     detector (`Detector`) is dropped from this sync;
+  2. anomaly elimination: a replica whose relative norm n_r / median_r(n) is an outlier for
+     the unit's EWMA z-score detector (`Detector`) is dropped from this sync;
   3. weighted averaging: w = softmax(-n / T) over the kept replicas (A-EDiT: optionally mixed
      with the replicas' local step counts), delta = sum_r w_r delta_r;
   4. clipping of delta by its full-unit norm;
@@ -15,15 +15,29 @@ R replicas each train with their own data and inner optimiser; every tau steps e
 replica's local unit with it (`jax.tree.map(lambda x: jnp.broadcast_to(x, (R, *x.shape)), s)`
 or a sharded put), since only the caller knows how the replica axis is laid out on the mesh.
 
-Detector design: ONE detector per unit observes the norms of all kept replicas, and every
-replica's norm is judged against it. A replica that is anomalous from its first sync
+Detector design: ONE detector per unit observes the RELATIVE norms n_r / median(n) of all kept
+replicas, and every replica's is judged against it. Relative, not EDiT's raw norms: every
+replica's norm moves with the run (LR warmup and decay, the loss falling), and measured on
+`tiny` during the LR warmup the norms grew ~15% a sync while the replicas differed by ~0.5%,
+so the raw-norm detector flagged EVERY honest replica and could not tell a planted bad one
+from them; the ratio to the sync's median cancels what all replicas share and keeps what
+sets one apart. With one replica there is nothing to compare with: its raw norm is judged.
+One detector for all replicas, not one each: a replica that is anomalous from its first sync
 (corrupted data, a bad host) thus still stands out against the others; a per-replica detector
 would learn its bad norm as normal. Each sync is one EWMA step of the replicas' pooled
-distribution: the mean moves towards the kept replicas' mean norm and the variance takes in
-their mean squared deviation from the old mean, so the detector learns the spread of a SINGLE
-replica's norm (what it judges), not the ~sqrt(R) narrower spread of their mean (an earlier
+distribution: the mean moves towards the kept replicas' mean and the variance takes in their
+mean squared deviation from the old mean, so the detector learns the spread of a SINGLE
+replica's value (what it judges), not the ~sqrt(R) narrower spread of their mean (an earlier
 draft observed only the mean, and random +-5% norms then reached z 2-4). With one replica, or
-a scalar observation, this is EDiT's EWMA exactly.
+a scalar observation, this is EDiT's EWMA exactly. The EWMA variance starts near 0 and takes
+~1/alpha syncs to settle (50 at EDiT's alpha 0.02), which is what EDiT's 120-sync detector
+warmup waits for: a short warmup needs a larger alpha.
+
+At most half of the replicas can be eliminated by their z-scores (lingjax's guard, not in
+EDiT): when more stand out, the run changed, not a replica. Without it, the raw-norm detector
+above eliminated all four replicas of a `tiny` run at every sync from its third on: theta_synced
+and the detector then stay as they were, so the next sync flags them all again and the run
+stops learning for good.
 
 Arrays of the replicas carry a leading replica axis R; everything the maths computes (deltas,
 norms, weights, detector statistics) is fp32 whatever the parameter dtype. Keep theta_synced in
@@ -99,18 +113,35 @@ def _threshold(det: Detector, cfg: PenaltyConfig) -> jax.Array:
     return cfg.detector_threshold * jnp.maximum(1.0, std)
 
 
+def relative_norms(norms: jax.Array) -> jax.Array:
+    """What the detector judges: each replica's norm over the median of the finite ones at
+    this sync, fp32 [R] (module docstring); the norms themselves for one replica. Non-finite
+    norms stay non-finite."""
+    norms = norms.astype(jnp.float32)
+    if norms.shape[0] == 1:
+        return norms
+    finite = jnp.isfinite(norms)
+    ref = jnp.nanmedian(jnp.where(finite, norms, jnp.nan))
+    ok = jnp.isfinite(ref) & (ref > 0)
+    return jnp.where(ok, norms / jnp.where(ok, ref, 1.0), jnp.where(finite, 1.0, norms))
+
+
 def detector_judge(
     det: Detector, norms: jax.Array, cfg: PenaltyConfig
 ) -> tuple[jax.Array, jax.Array]:
     """Which replicas are outliers: `norms` fp32 [R] -> (outlier bool [R], z fp32 [R]).
 
     One-sided: only z > threshold * max(1, std(recent z)) counts, and only once the detector
-    has observed `cfg.detector_warmup` syncs (z is still reported during warmup). A non-finite
-    norm is always an outlier: its delta would turn the merged params into NaN."""
+    has observed `cfg.detector_warmup` syncs (z is still reported during warmup). At most half
+    of the replicas with finite norms are outliers: when more stand out, every replica moved
+    (module docstring), and none is. A non-finite norm is always an outlier: its delta would
+    turn the merged params into NaN."""
     norms = norms.astype(jnp.float32)
     z = _z(det, norms)
-    warm = det.count >= cfg.detector_warmup
-    return ~jnp.isfinite(norms) | (warm & (z > _threshold(det, cfg))), z
+    finite = jnp.isfinite(norms)
+    flagged = finite & (det.count >= cfg.detector_warmup) & (z > _threshold(det, cfg))
+    minority = 2 * flagged.sum() <= finite.sum()
+    return ~finite | (flagged & minority), z
 
 
 def detector_update(
@@ -273,11 +304,12 @@ def sync_unit(
         )
     deltas = _deltas(theta_synced, theta_local)
     norms = _unit_norm(deltas, batch_dims=1)
-    eliminated, z = detector_judge(det, norms, cfg)
+    judged = relative_norms(norms)
+    eliminated, z = detector_judge(det, judged, cfg)
     kept = ~eliminated
     any_kept = kept.any()
 
-    new_det = detector_update(det, norms, cfg, mask=kept)
+    new_det = detector_update(det, judged, cfg, mask=kept)
 
     w = sync_weights(norms, eliminated, cfg, steps)
 

@@ -20,6 +20,7 @@ from lingjax.train.local_sgd import (
     detector_update,
     outer_optimizer,
     pseudo_gradient_norms,
+    relative_norms,
     sync_unit,
     sync_weights,
 )
@@ -167,7 +168,8 @@ def test_no_elimination_in_warmup_then_planted_outlier_is_eliminated_one_sided()
             w = np.asarray(info["weights"], np.float64)
             assert w[2] > 0
             np.testing.assert_allclose(w, _softmax(-_hand_norms(synced, loc)), rtol=1e-5)
-            pooled = _hand_norms(synced, loc).mean()  # the statistics still move
+            n = _hand_norms(synced, loc)
+            pooled = (n / np.median(n)).mean()  # the statistics still move
             np.testing.assert_allclose(
                 float(det2.mean), float(det.mean) + 0.02 * (pooled - float(det.mean)), rtol=1e-5
             )
@@ -188,9 +190,10 @@ def test_no_elimination_in_warmup_then_planted_outlier_is_eliminated_one_sided()
     assert w[2] == 0.0
     np.testing.assert_allclose(w[[0, 1, 3]], _softmax(-n[[0, 1, 3]]), rtol=1e-5)
     kept = [0, 1, 3]
+    rel = n / np.median(n)  # what the detector sees: norms relative to the sync's median
     np.testing.assert_allclose(
-        float(new_det.mean), m + 0.02 * (n[kept].mean() - m), rtol=1e-5
-    )  # observed: the kept replicas' mean norm
+        float(new_det.mean), m + 0.02 * (rel[kept].mean() - m), rtol=1e-5
+    )  # observed: the kept replicas' mean relative norm
     pairs = zip(_flat(synced), _flat(loc), strict=True)
     want = [s - np.tensordot(w, s[None] - x, axes=1) for s, x in pairs]
     _close(new, want)
@@ -317,6 +320,20 @@ def test_clip_by_unit_norm():
     _close(clip_by_unit_norm(tree, 10 * norm), _flat(tree), rtol=0, atol=0)  # below the clip
     for off in (0.0, -1.0):
         assert clip_by_unit_norm(tree, off) is tree
+
+
+def test_relative_norms_cancel_what_every_replica_shares():
+    """Every replica's norm growing together (an LR warmup) moves nothing the detector sees;
+    one replica standing out does. Non-finite norms stay non-finite; one replica is judged on
+    its raw norm (nothing to compare with)."""
+    n = np.array([0.40, 0.41, 0.39, 0.40], np.float32)
+    np.testing.assert_allclose(relative_norms(jnp.asarray(n * 1.5)), n / np.median(n), rtol=1e-6)
+    bad = n.copy()
+    bad[2] = np.nan
+    rel = np.asarray(relative_norms(jnp.asarray(bad)))
+    assert np.isnan(rel[2]) and rel[1] == pytest.approx(0.41 / 0.40)
+    assert float(relative_norms(jnp.asarray([0.3], jnp.float32))[0]) == pytest.approx(0.3)
+    np.testing.assert_array_equal(relative_norms(jnp.zeros(4)), 1.0)  # nobody moved: as usual
 
 
 def test_pseudo_gradient_norms_and_shape_errors():

@@ -12,6 +12,7 @@ What must hold, and why it can:
 - The warmup's synchronous steps (AdamW) are data-parallel steps over all replicas' rows.
 - The fused sync_step (sync, then the local step, in one program) equals the two programs.
 - A NaN in one replica skips that replica's update only.
+- A replica whose weights went bad (planted) is eliminated at the sync: weight 0.
 
 Tolerances (fp32, highest precision): the replicas' gradients are summed in another order
 than one data-parallel step's, so parameters agree to SGD_ATOL after three steps.
@@ -53,7 +54,8 @@ def mesh(cfg):
 def adamw(cfg, mesh):
     """An AdamW local-SGD run (one set of compiled programs for the tests that use it)."""
     tx = make_optimizer(cfg.train.optimizer_config())
-    pen = PenaltyConfig(clip=1.0)
+    # A short detector warmup needs a fast EWMA (lingjax/train/local_sgd.py).
+    pen = PenaltyConfig(clip=1.0, detector_warmup=3, detector_alpha=0.5)
     return shard_local_sgd(cfg.model, cfg.train.step_config(), tx, mesh, cfg.train.batch_size, pen)
 
 
@@ -150,3 +152,33 @@ def test_fused_sync_step_equals_sync_then_step_and_nan_skips_one_replica(cfg, ad
     _close(fused.params, apart.params, 1e-7, "theta_synced")
     _close(fused.replicas.params, apart.replicas.params, 1e-7, "replicas")
     np.testing.assert_array_equal(fused.local_steps, 1)
+
+
+def test_a_planted_bad_replica_is_eliminated_at_the_sync(cfg, adamw):
+    run = adamw
+    state = run.init(jax.random.key(0))
+    for b in _batches(cfg):  # three syncs warm the detectors up
+        state, _ = run.step(state, run.put_batch(b), _ctl())
+        state, info = run.sync(state)
+        assert not np.asarray(info["eliminated"]).any()
+    state, _ = run.step(state, run.put_batch(batch(cfg, seed=9)), _ctl())
+    units = sum(len(jax.tree.leaves(u)) and 1 for u in state.params.values())
+    state = state.replace(  # replica 2's weights corrupted (a bad host, a bit flip)
+        replicas=state.replicas.replace(
+            params=jax.tree.map(lambda x: x.at[2].add(0.05), state.replicas.params)
+        )
+    )
+    theta = [np.asarray(x) for x in jax.tree.leaves(state.params)]
+    state, info = run.sync(state)
+    eliminated = np.asarray(info["eliminated"])
+    assert eliminated[2] >= units and not eliminated[[0, 1, 3]].any(), eliminated
+    assert float(info["weight"][2]) == 0.0
+    moved = np.sqrt(
+        sum(
+            ((np.asarray(a) - b) ** 2).sum()
+            for a, b in zip(jax.tree.leaves(state.params), theta, strict=True)
+        )
+    )
+    # Nesterov (lr 0.7, momentum 0.8) of a delta clipped to 1 per unit: bounded, whereas the
+    # bad replica's share alone would have moved theta by ~0.05 x sqrt(#weights) / 4.
+    assert moved < 0.7 * 1.8 * np.sqrt(units), moved
