@@ -4,8 +4,8 @@ maths of one sync of one sync unit.
 R replicas each train with their own data and inner optimiser; every tau steps each sync unit
 (one top-level parameter subtree, e.g. one decoder layer) is merged on its own:
   1. pseudo-gradients  delta_r = theta_synced - theta_local_r  and their full-unit L2 norms n_r;
-  2. anomaly elimination: a replica whose relative norm n_r / median_r(n) is an outlier for
-     the unit's EWMA z-score detector (`Detector`) is dropped from this sync;
+  2. anomaly elimination: a replica whose norm stands out from its peers' at this sync, by the
+     unit's EWMA z-score detector (`Detector`, below), is dropped from this sync;
   3. weighted averaging: w = softmax(-n / T) over the kept replicas (A-EDiT: optionally mixed
      with the replicas' local step counts), delta = sum_r w_r delta_r;
   4. clipping of delta by its full-unit norm;
@@ -15,35 +15,33 @@ R replicas each train with their own data and inner optimiser; every tau steps e
 replica's local unit with it (`jax.tree.map(lambda x: jnp.broadcast_to(x, (R, *x.shape)), s)`
 or a sharded put), since only the caller knows how the replica axis is laid out on the mesh.
 
-Detector design: ONE detector per unit observes the RELATIVE norms n_r / median(n) of all kept
-replicas, and every replica's is judged against it. Relative, not EDiT's raw norms: every
-replica's norm moves with the run (LR warmup and decay, the loss falling), and measured on
-`tiny` during the LR warmup the norms grew ~15% a sync while the replicas differed by ~0.5%,
-so the raw-norm detector flagged EVERY honest replica and could not tell a planted bad one
-from them; the ratio to the sync's median cancels what all replicas share and keeps what
-sets one apart. With one replica there is nothing to compare with: its raw norm is judged.
-One detector for all replicas, not one each: a replica that is anomalous from its first sync
-(corrupted data, a bad host) thus still stands out against the others; a per-replica detector
-would learn its bad norm as normal. Each sync is one EWMA step of the replicas' pooled
-distribution: the mean moves towards the kept replicas' mean and the variance takes in their
-mean squared deviation from the old mean, so the detector learns the spread of a SINGLE
-replica's value (what it judges), not the ~sqrt(R) narrower spread of their mean (an earlier
-draft observed only the mean, and random +-5% norms then reached z 2-4). With one replica, or
-a scalar observation, this is EDiT's EWMA exactly. The EWMA variance starts near 0 and takes
-~1/alpha syncs to settle (50 at EDiT's alpha 0.02), which is what EDiT's 120-sync detector
-warmup waits for: a short warmup needs a larger alpha.
-
-At most half of the replicas can be eliminated by their z-scores (lingjax's guard, not in
-EDiT): when more stand out, the run changed, not a replica. Without it, the raw-norm detector
-above eliminated all four replicas of a `tiny` run at every sync from its third on: theta_synced
-and the detector then stay as they were, so the next sync flags them all again and the run
-stops learning for good.
+Detector design (lingjax's, measured against EDiT's on `tiny`; experiments/edit/RESULTS.md).
+EDiT keeps an EWMA mean and variance of a worker's norm over time and flags a norm more than
+3 EWMA standard deviations above the mean. Two things break that for replicas trained
+together: (a) every replica's norm moves with the run (during the LR warmup the norms grew
+~15% a sync while the replicas differed by ~0.5%), so every honest replica stood far above the
+EWMA mean, a planted bad replica could not be told apart, and with a short detector warmup all
+four were eliminated at every sync, which kept theta_synced and the detector as they were: the
+run stopped learning for good; (b) a replica that is bad from the start (random tokens) is
+part of what the EWMA learns, its deviation becomes "normal", and it was eliminated once in 30
+syncs. So here ONE detector per unit judges each replica against its PEERS at this sync:
+  q_r = n_r / median(n)            (what every replica shares, the run's trend, cancels)
+  s   = 1.4826 median_r |q_r - 1|  (the sync's robust spread: a minority of outliers does not
+                                    move it)
+  z_r = (q_r - 1) / spread          spread = EWMA over syncs of s (alpha, EDiT's 0.02)
+and eliminates z_r > threshold * max(1, rms of the kept replicas' recent z) once
+`detector_warmup` syncs were observed (EDiT's threshold 3, one-sided, with a dynamic factor
+that grows when the spread estimate lags). At most half the replicas can stand above the
+median, so at most half are ever eliminated. With one replica nothing is compared: only a
+non-finite norm eliminates it. The EWMA starts at the first sync's spread and needs ~1/alpha
+syncs to settle, which EDiT's 120-sync detector warmup waits for; a short run needs a larger
+alpha.
 
 Arrays of the replicas carry a leading replica axis R; everything the maths computes (deltas,
 norms, weights, detector statistics) is fp32 whatever the parameter dtype. Keep theta_synced in
 fp32: the outer update is applied in its dtype.
 
-Legend: R replicas, W detector window (recent z-scores kept).
+Legend: R replicas, W detector window (syncs whose z-scores are kept).
 """
 
 from __future__ import annotations
@@ -66,19 +64,23 @@ _CLIP_EPS = 1e-6
 # ----------------------------------------------------------------------------- detector
 
 
+# 1.4826 * MAD estimates a normal distribution's standard deviation.
+_MAD_TO_STD = 1.4826
+_SPREAD_FLOOR = 1e-6  # relative norms closer than this are one value (identical replicas)
+
+
 @flax.struct.dataclass
 class Detector:
-    """EWMA z-score detector of one unit's pseudo-gradient norms (a pytree: checkpoint it).
+    """EWMA z-score detector of one unit's replicas (a pytree: checkpoint it).
 
-    mean, m2   fp32 []   EWMA mean and variance of the observed replicas' norms
+    spread     fp32 []   EWMA of each sync's robust spread of the relative norms
     count      int32 []  syncs observed
-    recent_z   fp32 [W]  ring buffer of the z-scores of the last W observations
+    recent_z   fp32 [W]  ring buffer: each sync's mean squared z-score of the kept replicas
     z_count    int32 []  entries of recent_z filled (<= W)
-    z_next     int32 []  slot the next z-score is written to
+    z_next     int32 []  slot the next entry is written to
     """
 
-    mean: jax.Array
-    m2: jax.Array
+    spread: jax.Array
     count: jax.Array
     recent_z: jax.Array
     z_count: jax.Array
@@ -93,37 +95,40 @@ def detector_init(window: int) -> Detector:
             "max(cfg.detector_warmup, 1) (EDiT keeps the z-scores of the last `warmup` syncs)"
         )
     f, i = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
-    return Detector(f, f, i, jnp.zeros((window,), jnp.float32), i, i)
-
-
-def _z(det: Detector, x: jax.Array) -> jax.Array:
-    # No spread exists before two observations (m2 = 0 after the first): z is 0 there, else a
-    # single early z would be astronomically large. The relative floor keeps z finite for a flat
-    # history (a frozen unit has every norm 0).
-    std = jnp.maximum(jnp.sqrt(det.m2), 1e-6 * jnp.abs(det.mean) + 1e-30)
-    return jnp.where(det.count >= 2, (x - det.mean) / std, 0.0)
-
-
-def _threshold(det: Detector, cfg: PenaltyConfig) -> jax.Array:
-    """threshold * max(1, std(recent z)), the population std over the filled entries (fp32 [])."""
-    valid = jnp.arange(det.recent_z.shape[0]) < det.z_count
-    k = jnp.maximum(det.z_count, 1).astype(jnp.float32)
-    m = jnp.where(valid, det.recent_z, 0.0).sum() / k
-    std = jnp.sqrt(jnp.where(valid, (det.recent_z - m) ** 2, 0.0).sum() / k)
-    return cfg.detector_threshold * jnp.maximum(1.0, std)
+    return Detector(f, i, jnp.zeros((window,), jnp.float32), i, i)
 
 
 def relative_norms(norms: jax.Array) -> jax.Array:
-    """What the detector judges: each replica's norm over the median of the finite ones at
-    this sync, fp32 [R] (module docstring); the norms themselves for one replica. Non-finite
-    norms stay non-finite."""
+    """Each replica's norm over the median of the finite ones at this sync, fp32 [R] (module
+    docstring). All 1 when the median is 0 (nobody moved); non-finite norms stay non-finite."""
     norms = norms.astype(jnp.float32)
-    if norms.shape[0] == 1:
-        return norms
     finite = jnp.isfinite(norms)
     ref = jnp.nanmedian(jnp.where(finite, norms, jnp.nan))
     ok = jnp.isfinite(ref) & (ref > 0)
     return jnp.where(ok, norms / jnp.where(ok, ref, 1.0), jnp.where(finite, 1.0, norms))
+
+
+def sync_spread(rel: jax.Array) -> jax.Array:
+    """The robust spread of one sync's relative norms `rel` [R]: 1.4826 median |rel - 1| over
+    the finite entries (a minority of outliers does not move it), fp32 []."""
+    dev = jnp.abs(rel - 1.0)
+    return _MAD_TO_STD * jnp.nanmedian(jnp.where(jnp.isfinite(rel), dev, jnp.nan))
+
+
+def _z(det: Detector, rel: jax.Array) -> jax.Array:
+    # No spread exists before the first observation: z is 0 there.
+    scale = jnp.maximum(det.spread, _SPREAD_FLOOR)
+    return jnp.where(det.count >= 1, (rel - 1.0) / scale, 0.0)
+
+
+def _threshold(det: Detector, cfg: PenaltyConfig) -> jax.Array:
+    """threshold * max(1, rms(recent z)), the root mean square of the kept replicas' z-scores
+    over the last W syncs (fp32 []): 1 when the spread estimate is calibrated, more when the
+    EWMA lags a growing spread."""
+    valid = jnp.arange(det.recent_z.shape[0]) < det.z_count
+    k = jnp.maximum(det.z_count, 1).astype(jnp.float32)
+    rms = jnp.sqrt(jnp.where(valid, det.recent_z, 0.0).sum() / k)
+    return cfg.detector_threshold * jnp.maximum(1.0, rms)
 
 
 def detector_judge(
@@ -131,51 +136,50 @@ def detector_judge(
 ) -> tuple[jax.Array, jax.Array]:
     """Which replicas are outliers: `norms` fp32 [R] -> (outlier bool [R], z fp32 [R]).
 
-    One-sided: only z > threshold * max(1, std(recent z)) counts, and only once the detector
-    has observed `cfg.detector_warmup` syncs (z is still reported during warmup). At most half
-    of the replicas with finite norms are outliers: when more stand out, every replica moved
-    (module docstring), and none is. A non-finite norm is always an outlier: its delta would
-    turn the merged params into NaN."""
+    z_r = (norm_r / median(norms) - 1) / spread, spread the detector's EWMA of the syncs'
+    robust spreads. One-sided: only z > threshold * max(1, rms(recent z)) counts, and only once
+    the detector has observed `cfg.detector_warmup` syncs (z is still reported during warmup).
+    A non-finite norm is always an outlier: its delta would turn the merged params into NaN.
+    With one replica nothing is compared: only a non-finite norm is an outlier."""
     norms = norms.astype(jnp.float32)
-    z = _z(det, norms)
     finite = jnp.isfinite(norms)
+    z = _z(det, relative_norms(norms))
+    if norms.shape[0] == 1:
+        return ~finite, jnp.zeros_like(norms)
     flagged = finite & (det.count >= cfg.detector_warmup) & (z > _threshold(det, cfg))
-    minority = 2 * flagged.sum() <= finite.sum()
-    return ~finite | (flagged & minority), z
+    return ~finite | flagged, z
 
 
 def detector_update(
-    det: Detector, x: jax.Array, cfg: PenaltyConfig, mask: jax.Array | None = None
+    det: Detector, norms: jax.Array, cfg: PenaltyConfig, mask: jax.Array | None = None
 ) -> Detector:
-    """The detector after one sync's observation `x`: fp32 [] (one norm) or [R] (the replicas'
-    norms, those with `mask` False left out; module docstring).
+    """The detector after one sync with replica norms `norms` [R]; `mask` False = eliminated.
 
-    With mean_r over the observed entries: the mean z-score of x against the state before the
-    update goes into `recent_z` (from the third sync on, when a spread exists), then
-    d_r = x_r - mean; mean += alpha mean_r(d_r); m2 = (1 - alpha)(m2 + alpha mean_r(d_r^2)).
-    The first sync sets mean = mean_r(x_r), m2 = mean_r((x_r - mean)^2) (0 for one norm).
-    Non-finite entries are left out; with none left the state is returned unchanged."""
-    x = jnp.atleast_1d(jnp.asarray(x, jnp.float32))
-    ok = jnp.isfinite(x) if mask is None else jnp.isfinite(x) & mask
-    k = jnp.maximum(ok.sum(), 1).astype(jnp.float32)
-
-    def avg(v: jax.Array) -> jax.Array:
-        return jnp.where(ok, v, 0.0).sum() / k
-
+    spread <- s (first sync), else (1 - alpha) spread + alpha s, with s = sync_spread of the
+    relative norms of every finite replica (robust: an outlier among them does not move it);
+    once the detector is warm (`detector_warmup` syncs observed, and at least one), the mean
+    squared z-score of the kept replicas against the state before the update goes into
+    `recent_z` (earlier ones would poison the threshold: the replicas of the first syncs are
+    nearly identical, their spread ~0, so the next z-scores run to 1e6). Without two finite
+    norms nothing is observed."""
+    norms = jnp.atleast_1d(jnp.asarray(norms, jnp.float32))
+    rel = relative_norms(norms)
+    finite = jnp.isfinite(rel)
+    kept = finite if mask is None else finite & mask
+    s = sync_spread(rel)
     W = det.recent_z.shape[0]
-    push = det.count >= 2
-    first = det.count == 0
-    xm, a = avg(x), cfg.detector_alpha
-    d = x - det.mean
+    push = (det.count >= max(cfg.detector_warmup, 1)) & kept.any()
+    z = _z(det, rel)
+    ms_z = jnp.where(kept, z * z, 0.0).sum() / jnp.maximum(kept.sum(), 1)
+    a = cfg.detector_alpha
     new = Detector(
-        mean=jnp.where(first, xm, det.mean + a * avg(d)),
-        m2=jnp.where(first, avg((x - xm) ** 2), (1.0 - a) * (det.m2 + a * avg(d * d))),
+        spread=jnp.where(det.count == 0, s, (1.0 - a) * det.spread + a * s),
         count=det.count + 1,
-        recent_z=jnp.where(push, det.recent_z.at[det.z_next].set(avg(_z(det, x))), det.recent_z),
+        recent_z=jnp.where(push, det.recent_z.at[det.z_next].set(ms_z), det.recent_z),
         z_count=jnp.where(push, jnp.minimum(det.z_count + 1, W), det.z_count),
         z_next=jnp.where(push, (det.z_next + 1) % W, det.z_next),
     )
-    return _select(ok.any(), new, det)
+    return _select(finite.sum() >= 2, new, det)
 
 
 # ----------------------------------------------------------------------------- merge
@@ -304,12 +308,11 @@ def sync_unit(
         )
     deltas = _deltas(theta_synced, theta_local)
     norms = _unit_norm(deltas, batch_dims=1)
-    judged = relative_norms(norms)
-    eliminated, z = detector_judge(det, judged, cfg)
+    eliminated, z = detector_judge(det, norms, cfg)
     kept = ~eliminated
     any_kept = kept.any()
 
-    new_det = detector_update(det, judged, cfg, mask=kept)
+    new_det = detector_update(det, norms, cfg, mask=kept)
 
     w = sync_weights(norms, eliminated, cfg, steps)
 

@@ -450,12 +450,8 @@ class _Run:
             label = step  # of a checkpoint saved here
             decision = self._agree(step, last, stop, save)
             if decision is not None:  # an agreed local-SGD run: process 0 decided
-                last, stop, save, label = (
-                    decision.last,
-                    decision.preempted,
-                    decision.save,
-                    decision.label,
-                )
+                stop, save, label = decision.preempted, decision.save, decision.label
+                last = decision.last and not stop
             evaluate = self.evaluator is not None and self.evaluator.due(step, last)
             log = step % t.log_every == 0 or last or evaluate
             if self.lock is not None and (save or log):
@@ -466,10 +462,8 @@ class _Run:
                     step = self._rollback(None, step)
                     continue
                 self.state = self._reset_replicas(self.state, step)
-            if self.local and (
-                (decision and decision.sync) or (last and self.plan.last_sync < step)
-            ):
-                self._boundary_sync(step)  # an agreed sync, or the sync that ends the run
+            if self.local and self._sync_here(step, decision, last, evaluate):
+                self._boundary_sync(step)
             if pending is not None and (save or log):
                 if log and step > self.last_logged:
                     summary = self._log_row(step, pending.metrics, evaluate)
@@ -633,6 +627,7 @@ class _Run:
         if self.plan is None or not self.plan.agreed:
             return None
         if jax.process_index() == 0:
+            save = save and step > self.start  # (not the checkpoint it resumed from)
             return self.plan.decide(step, last=last, preempted=stop, save=save)
         return self.plan.follow(step, at_end=last)
 
@@ -666,6 +661,14 @@ class _Run:
                 replicas, first = 1, 0
             self.faults.corrupt(batch, step, self.cfg.model.vocab_size, replicas, first)
         return batch
+
+    def _sync_here(self, step: int, decision: Decision | None, last: bool, evaluate: bool) -> bool:
+        """Whether to sync at this boundary rather than inside the next step: an agreed sync,
+        the sync that ends the run, or a sync due right before an evaluation (which then scores
+        the merge of this step, not the one of the last sync)."""
+        if decision is not None:
+            return decision.sync
+        return (last and self.plan.last_sync < step) or (evaluate and self.plan.due(step))
 
     def _boundary_sync(self, step: int) -> None:
         """A sync between two steps (the end of a run, or an agreed timed sync)."""
