@@ -12,12 +12,14 @@ Faults (S = 1-based step number, as in metrics.jsonl):
   killsave@S    SIGKILL this process right after the checkpoint of step S starts saving
                 (the async save is still writing), S must be a checkpointed step
   corrupt@S     from step S on, the batch's tokens and labels are replaced by random ids
+  stuck@S       from step S on, the batch's tokens and labels are all one id (a reader stuck
+                on a zeroed or padding buffer)
   slow@SxT      from step S on, this process sleeps T seconds before every step (a straggler;
                 give it to one process of a multi-process job)
-Under local SGD (train.local_sgd.enabled) nan, spike and corrupt take a replica, `nan@S:rK`
+Under local SGD (train.local_sgd.enabled) nan, spike, corrupt and stuck take a replica, `nan@S:rK`
 (replica K, from 0): only that replica's loss or rows are hit.
 Each fault fires at most once per process, so a rolled-back step does not fault again
-(corrupt: every step from S on).
+(corrupt, stuck: every step from S on).
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import time
 
 import numpy as np
 
-_KINDS = ("nan", "spike", "kill", "term", "killsave", "corrupt", "slow")
+_KINDS = ("nan", "spike", "kill", "term", "killsave", "corrupt", "stuck", "slow")
 _FACTORED = ("spike", "slow")
-_PER_REPLICA = ("nan", "spike", "corrupt")
+_PER_REPLICA = ("nan", "spike", "corrupt", "stuck")
+_STUCK_ID = 1  # the id a stuck reader serves
 ALL = -1  # the replica of a fault that hits every replica (or a synchronous run)
 
 
@@ -39,7 +42,8 @@ ALL = -1  # the replica of a fault that hits every replica (or a synchronous run
 class FaultPlan:
     # (step, replica) -> factor; replica ALL = every replica
     loss_scales: dict[tuple[int, int], float] = dataclasses.field(default_factory=dict)
-    corrupt_from: dict[int, int] = dataclasses.field(default_factory=dict)  # replica -> step
+    # replica -> (first step, "corrupt" or "stuck")
+    corrupt_from: dict[int, tuple[int, str]] = dataclasses.field(default_factory=dict)
     kill_at: set[int] = dataclasses.field(default_factory=set)
     term_at: set[int] = dataclasses.field(default_factory=set)
     kill_after_save: set[int] = dataclasses.field(default_factory=set)
@@ -67,17 +71,18 @@ class FaultPlan:
             if kind not in _KINDS or step < 1 or bad_factor or bad_replica:
                 raise ValueError(
                     f"bad fault {item!r}: use nan@STEP, spike@STEP or spike@STEPxFACTOR, "
-                    "kill@STEP, term@STEP, killsave@STEP, corrupt@STEP, slow@STEPxSECONDS "
+                    "kill@STEP, term@STEP, killsave@STEP, corrupt@STEP, stuck@STEP, "
+                    "slow@STEPxSECONDS "
                     "(steps from 1), "
-                    "comma-separated; nan, spike and corrupt take a local-SGD replica as "
+                    "comma-separated; nan, spike, corrupt and stuck take a local-SGD replica as "
                     "nan@STEP:rK"
                 )
             if kind == "nan":
                 plan.loss_scales[step, replica] = float("nan")
             elif kind == "spike":
                 plan.loss_scales[step, replica] = factor
-            elif kind == "corrupt":
-                plan.corrupt_from[replica] = step
+            elif kind in ("corrupt", "stuck"):
+                plan.corrupt_from[replica] = (step, kind)
             elif kind == "slow":
                 plan.slow_from = (step, factor)
             elif kind == "kill":
@@ -112,10 +117,11 @@ class FaultPlan:
         first: int = 0,
     ) -> None:
         """Replaces (in place) the tokens and labels of the rows hit at 1-based step `step` by
-        uniform random ids (seeded by the step and replica: a rerun corrupts alike). `batch`
+        uniform random ids (seeded by the step and replica: a rerun corrupts alike) or, stuck,
+        by one id. `batch`
         holds the rows of `replicas` replicas from replica `first` on (a process's share under
         local SGD), in order; a synchronous run's process holds one 'replica'."""
-        for r, start in self.corrupt_from.items():
+        for r, (start, kind) in self.corrupt_from.items():
             if step < start or (r != ALL and not first <= r < first + replicas):
                 continue
             rows = batch["tokens"].shape[0]
@@ -124,7 +130,9 @@ class FaultPlan:
             rng = np.random.default_rng([step, r + 1])
             for key in ("tokens", "labels"):
                 batch[key] = np.array(batch[key])
-                batch[key][lo:hi] = rng.integers(0, vocab_size, batch[key][lo:hi].shape)
+                shape = batch[key][lo:hi].shape
+                fill = np.full(shape, _STUCK_ID) if kind == "stuck" else None
+                batch[key][lo:hi] = rng.integers(0, vocab_size, shape) if fill is None else fill
 
     def before_step(self, step: int) -> None:
         if self.slow_from and step >= self.slow_from[0]:

@@ -551,13 +551,20 @@ class _Run:
             )
         return False
 
-    def _give_up(self, now: int) -> None:
-        raise TrainingAnomalyError(
-            f"{self.acfg.rollback_after} anomalous steps in a row at step {now}, after "
-            f"{self.acfg.max_rollbacks} rollbacks already; see "
-            f"{os.path.join(self.workdir, 'events.jsonl')}. Lower train.lr, check the data "
-            "around these steps, or raise train.anomaly.max_rollbacks."
-        )
+    def _end_streak(self, now: int) -> tuple[int, int]:
+        """The policy gave up on an anomaly streak at step `now`: raises after too many
+        rollbacks, else drops the streak's queued retries. Returns (streak start, dropped)."""
+        if self.monitor.counters["rollbacks"] >= self.acfg.max_rollbacks:
+            raise TrainingAnomalyError(
+                f"{self.acfg.rollback_after} anomalous steps in a row at step {now}, after "
+                f"{self.acfg.max_rollbacks} rollbacks already; see "
+                f"{os.path.join(self.workdir, 'events.jsonl')}. Lower train.lr, check the data "
+                "around these steps, or raise train.anomaly.max_rollbacks."
+            )
+        streak_start = self.monitor.streak_start
+        dropped = self.feeder.drop_from(streak_start)
+        self.monitor.counters["dropped_batches"] += dropped
+        return streak_start, dropped
 
     def _rollback(self, mark: Any, now: int) -> int:
         """Back to the newest checkpoint before the anomaly streak (or the initial state) from
@@ -566,11 +573,7 @@ class _Run:
         Returns the new step; the throughput window and the step timer restart."""
         if mark is not None:  # hand back the batch of the discarded, already-dispatched step
             self.feeder.reset(mark)
-        if self.monitor.counters["rollbacks"] >= self.acfg.max_rollbacks:
-            self._give_up(now)
-        streak_start = self.monitor.streak_start
-        dropped = self.feeder.drop_from(streak_start)
-        self.monitor.counters["dropped_batches"] += dropped
+        streak_start, dropped = self._end_streak(now)
         self.ckpt.wait()
         restored = self.ckpt.restore_latest(
             self.par.abstract_state,
@@ -710,11 +713,7 @@ class _Run:
         return self.local and self.par.multiprocess
 
     def _reset_replicas(self, state: Any, now: int) -> Any:
-        if self.monitor.counters["rollbacks"] >= self.acfg.max_rollbacks:
-            self._give_up(now)
-        streak_start = self.monitor.streak_start
-        dropped = self.feeder.drop_from(streak_start)
-        self.monitor.counters["dropped_batches"] += dropped
+        streak_start, dropped = self._end_streak(now)
         self.monitor.rolled_back()
         self.writer.event(
             {

@@ -478,14 +478,7 @@ class ShardedLocalSGD:
         return put_batch(batch, self.local_rows, rows)
 
 
-def shard_local_sgd(
-    model_cfg: ModelConfig,
-    step_cfg: StepConfig,
-    tx: optax.GradientTransformation,
-    mesh: Mesh,
-    batch_size: int,
-    pen: PenaltyConfig,
-) -> ShardedLocalSGD:
-    """Lays a local-SGD run out on `mesh`: R = mesh's `data` size replicas. Nothing is compiled
-    until the first call; `sync_step` compiles at the first sync."""
-    return ShardedLocalSGD(model_cfg, step_cfg, tx, mesh, batch_size, pen)
+# The constructor under the name of its synchronous counterpart (sharded.shard_training): lays a
+# local-SGD run out on `mesh`, R = mesh's `data` size replicas. Nothing is compiled until the
+# first call; `sync_step` compiles at the first sync.
+shard_local_sgd = ShardedLocalSGD

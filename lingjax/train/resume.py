@@ -50,7 +50,11 @@ RESUMABLE_KEYS = frozenset(
         "checkpoint.params_every_steps",
         "checkpoint.params_keep",
         "checkpoint.async_save",
-        "mesh.data",
+        # When local SGD syncs (host side; the state does not depend on it).
+        "train.local_sgd.sync_every",
+        "train.local_sgd.sync_seconds",
+        "train.local_sgd.min_steps",
+        "mesh.data",  # not under local SGD: there it is the number of replicas
         "mesh.fsdp",
         "mesh.expert",
         "mesh.tensor",

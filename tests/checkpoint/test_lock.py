@@ -14,6 +14,7 @@ import time
 import pytest
 
 from lingjax.checkpoint.lock import LOCK_FILE, WorkdirLock, WorkdirLockedError, read_lock
+from tests.support.cli import cpu_env, train_cmd
 
 
 def _plant(workdir, **record):
@@ -91,11 +92,7 @@ def test_the_heartbeat_renews_the_lease_and_a_takeover_is_noticed(tmp_path):
 
 def test_two_runs_on_one_workdir(tmp_path, corpus_dir):
     workdir = tmp_path / "run"
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-    }
+    env = cpu_env(devices=1)
     flags = {
         "model.num_layers": 1,
         "train.steps": 100000,
@@ -109,15 +106,7 @@ def test_two_runs_on_one_workdir(tmp_path, corpus_dir):
     }
 
     def cmd(**changes):
-        args = [f"--config.{k}={v}" for k, v in {**flags, **changes}.items()]
-        return [
-            sys.executable,
-            "-m",
-            "lingjax.cli.train",
-            "--config=tiny",
-            *args,
-            f"--workdir={workdir}",
-        ]
+        return train_cmd(workdir, None, {**flags, **changes})
 
     first = subprocess.Popen(cmd(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

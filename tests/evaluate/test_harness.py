@@ -3,7 +3,6 @@ generation, lm-eval's own evaluator on a local YAML task (no hub), and the CLI."
 
 import json
 import math
-import os
 
 import jax
 import numpy as np
@@ -16,7 +15,7 @@ from lingjax.checkpoint import save_params
 from lingjax.data import ByteTokenizer
 from lingjax.data.tokenizer import save_tokenizer
 from lingjax.evaluate.harness import LingjaxLM
-from tests.support.cli import free_port, run
+from tests.support.cli import cpu_env, finish, run, spawn
 from tests.support.hf_synth import random_variables
 
 SEQ = 48  # scoring rows: not a multiple of anything, and shorter than the long requests
@@ -184,50 +183,26 @@ def test_bad_model_args_are_refused(checkpoint):
 def test_two_processes_follow_process_0(checkpoint, tmp_path):
     """Process 0 drives lm-eval over all 4 devices of two processes; the logged
     log-likelihoods are one process's."""
-    import subprocess
     import sys
 
     _write_task(tmp_path)
-    port = free_port()
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
-    }
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lingjax.cli.lm_eval",
-                "--model_args",
-                f"checkpoint={checkpoint},seq_len={SEQ}",
-                "--tasks",
-                "lingjax_mc",
-                "--include_path",
-                str(tmp_path),
-                "--batch_size",
-                "3",  # rounded up to 4 rows: one per device
-                "--log_samples",
-                "--output_path",
-                str(tmp_path / "out"),
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
+    cmd = [
+        sys.executable,
+        "-m",
+        "lingjax.cli.lm_eval",
+        "--model_args",
+        f"checkpoint={checkpoint},seq_len={SEQ}",
+        "--tasks",
+        "lingjax_mc",
+        "--include_path",
+        str(tmp_path),
+        "--batch_size",
+        "3",  # rounded up to 4 rows: one per device
+        "--log_samples",
+        "--output_path",
+        str(tmp_path / "out"),
     ]
-    try:
-        outs = [p.communicate(timeout=600)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for i, (p, out) in enumerate(zip(procs, outs, strict=True)):
-        assert p.returncode == 0, f"process {i}:\n{out[-6000:]}\nother:\n{outs[1 - i][-3000:]}"
+    finish(spawn(cmd, cpu_env(devices=2), 2))
     files = (tmp_path / "out").rglob("samples_*.jsonl")
     samples = [json.loads(x) for f in files for x in f.read_text().splitlines()]
     assert len(samples) == len(ROWS)

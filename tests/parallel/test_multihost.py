@@ -11,8 +11,6 @@ global batches, the two halves side by side, so both runs compute the same funct
 
 import json
 import os
-import subprocess
-import sys
 
 import grain
 import numpy as np
@@ -20,7 +18,7 @@ import numpy as np
 from lingjax import configs
 from lingjax.data import make_eval_datasets, make_train_iterator
 from lingjax.train import evaluation, loop, train
-from tests.support.cli import free_port
+from tests.support.cli import cpu_env, finish, spawn, train_cmd
 
 STEPS = 20
 OVERRIDES = {
@@ -99,37 +97,10 @@ def _eval_overrides(tmp_path, corpus_dir) -> dict:
 
 
 def test_two_processes_train_like_one(tmp_path, corpus_dir, monkeypatch):
-    port = free_port()
     workdir = tmp_path / "two"
     evals = _eval_overrides(tmp_path, corpus_dir)
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        # LLVM optimisation off halves the workers' compile time; the HLO is the same.
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
-    }
-    flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **evals}.items()]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lingjax.cli.train",
-                "--config=tiny",
-                *flags,
-                f"--config.data.corpus={corpus_dir}",
-                f"--workdir={workdir}",
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    cmd = train_cmd(workdir, corpus_dir, {**OVERRIDES, **evals})
+    procs = spawn(cmd, cpu_env(devices=4), 2)
     try:
         # Meanwhile, the reference: this process's 8 devices, fed both halves of every batch.
         cfg = configs.get("tiny", **OVERRIDES, **evals, **{"data.corpus": corpus_dir})
@@ -150,12 +121,8 @@ def test_two_processes_train_like_one(tmp_path, corpus_dir, monkeypatch):
         monkeypatch.setattr(loop, "make_train_iterator", halves)
         monkeypatch.setattr(evaluation, "make_eval_datasets", eval_halves)
         train(cfg, str(tmp_path / "one"))
-        outs = [p.communicate(timeout=900)[0] for p in procs]
     finally:
-        for p in procs:
-            p.kill()
-    for i, (p, out) in enumerate(zip(procs, outs, strict=True)):
-        assert p.returncode == 0, f"process {i} failed:\n{out[-3000:]}"
+        outs = finish(procs)
     two, one = _losses(workdir), _losses(tmp_path / "one")
     np.testing.assert_allclose(two, one, rtol=LOSS_RTOL)
     assert two[-1] < two[0]

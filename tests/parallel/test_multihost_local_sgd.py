@@ -12,8 +12,6 @@ programs of both.
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -25,7 +23,7 @@ from lingjax.data import make_train_iterator
 from lingjax.train import loop, make_optimizer, train
 from lingjax.train.replicas import shard_local_sgd
 from tests.parallel.test_multihost import _Halves
-from tests.support.cli import free_port
+from tests.support.cli import cpu_env, finish, spawn, train_cmd
 
 OVERRIDES = {
     "model.num_layers": 1,
@@ -48,46 +46,8 @@ PARAM_ATOL = 1e-2 * 3e-3
 
 
 def _launch(workdir, corpus_dir, overrides, faults=("", "")):
-    port = free_port()
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
-    }
-    flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **overrides}.items()]
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lingjax.cli.train",
-                "--config=tiny",
-                *flags,
-                f"--config.data.corpus={corpus_dir}",
-                f"--workdir={workdir}",
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-                f"--inject_faults={faults[i]}",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-
-
-def _wait(procs):
-    try:
-        outs = [p.communicate(timeout=600)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for i, (p, out) in enumerate(zip(procs, outs, strict=True)):
-        assert p.returncode == 0, f"process {i} failed:\n{out[-3000:]}"
-    return outs
+    cmd = train_cmd(workdir, corpus_dir, {**OVERRIDES, **overrides})
+    return spawn(cmd, cpu_env(devices=4), 2, extra=lambda i: [f"--inject_faults={faults[i]}"])
 
 
 def _events(workdir, kind):
@@ -108,7 +68,7 @@ def test_two_processes_sync_by_steps_like_one(tmp_path, corpus_dir, monkeypatch)
         monkeypatch.setattr(loop, "make_train_iterator", halves)
         train(cfg, str(tmp_path / "one"))
     finally:
-        outs = _wait(procs)
+        outs = finish(procs)
     _, two = load(tmp_path / "two")
     _, one = load(tmp_path / "one")
     for a, b in zip(jax.tree.leaves(two["params"]), jax.tree.leaves(one["params"]), strict=True):
@@ -141,7 +101,7 @@ def test_timed_syncs_across_processes_let_a_slow_replica_take_fewer_steps(tmp_pa
     }
     workdir = tmp_path / "run"
     slow = ("", "slow@1x0.4")
-    _wait(_launch(workdir, corpus_dir, {**timed, "train.steps": 12}, slow))
+    finish(_launch(workdir, corpus_dir, {**timed, "train.steps": 12}, slow))
     syncs = _events(workdir, "sync")
     taken = np.sum([e["local_steps"] for e in syncs], axis=0)
     assert taken[0] == 12 and taken[1] < taken[0], syncs  # replica 1: process 1, slowed
@@ -150,7 +110,7 @@ def test_timed_syncs_across_processes_let_a_slow_replica_take_fewer_steps(tmp_pa
     assert saved == [*due, 12], (saved, syncs)
     assert _replica_steps(workdir, corpus_dir, timed, 12) == taken.tolist()
 
-    _wait(_launch(workdir, corpus_dir, {**timed, "train.steps": 16}, slow))  # resumes
+    finish(_launch(workdir, corpus_dir, {**timed, "train.steps": 16}, slow))  # resumes
     assert len(_events(workdir, "resume")) == 1
     more = [e["local_steps"] for e in _events(workdir, "sync")[len(syncs) :]]
     total = taken + np.sum(more, axis=0)

@@ -30,26 +30,79 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    """`python -m <args>` on one CPU device (LLVM optimisation off, as in tests/conftest.py)."""
-    env = {
+def cpu_env(devices: int = 1) -> dict[str, str]:
+    """The environment of a CLI subprocess: `devices` CPU devices, LLVM optimisation off (as in
+    tests/conftest.py: the HLO is the same, compiles are faster)."""
+    return {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
+        "--xla_backend_optimization_level=0",
     }
+
+
+def train_cmd(workdir, corpus_dir, overrides: dict, *extra: str, config: str = "tiny") -> list:
+    """The argv of `python -m lingjax.cli.train` on `config` with `--config.KEY=VALUE` for each
+    override, the corpus and the workdir, then `extra` flags."""
+    flags = [f"--config.{k}={v}" for k, v in overrides.items()]
+    corpus = [f"--config.data.corpus={corpus_dir}"] if corpus_dir else []
+    return [
+        sys.executable,
+        "-m",
+        "lingjax.cli.train",
+        f"--config={config}",
+        *flags,
+        *corpus,
+        f"--workdir={workdir}",
+        *extra,
+    ]
+
+
+def spawn(cmd: list, env: dict, processes: int, extra=lambda i: ()) -> list[subprocess.Popen]:
+    """`cmd` started as the `processes` processes of one local job (jax.distributed on a free
+    port of 127.0.0.1); process i also gets `extra(i)`. Wait with `finish`."""
+    port = free_port()
+    return [
+        subprocess.Popen(
+            [
+                *cmd,
+                f"--coordinator_address=127.0.0.1:{port}",
+                f"--num_processes={processes}",
+                f"--process_id={i}",
+                *extra(i),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
+    """Waits for `spawn`ed processes (killing what is left on the way out); every one must exit
+    0. Returns their outputs."""
+    try:
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for i, (p, out) in enumerate(zip(procs, outs, strict=True)):
+        others = "\n".join(o[-2000:] for j, o in enumerate(outs) if j != i)
+        assert p.returncode == 0, f"process {i} failed:\n{out[-4000:]}\nthe others:\n{others}"
+    return outs
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    """`python -m <args>` on one CPU device."""
     return subprocess.run(
-        [sys.executable, "-m", *args], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-m", *args], capture_output=True, text=True, env=cpu_env(), timeout=600
     )
 
 
 def train_run(workdir, corpus_dir: str, **overrides) -> None:
     """Trains `tiny` with RUN_FLAGS (and overrides) into workdir through the CLI."""
-    flags = [f"--config.{k}={v}" for k, v in {**RUN_FLAGS, **overrides}.items()]
-    r = run(
-        "lingjax.cli.train",
-        "--config=tiny",
-        *flags,
-        f"--config.data.corpus={corpus_dir}",
-        f"--workdir={workdir}",
-    )
+    cmd = train_cmd(workdir, corpus_dir, {**RUN_FLAGS, **overrides})
+    r = subprocess.run(cmd, capture_output=True, text=True, env=cpu_env(), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -100,9 +100,31 @@ def test_fault_plan_parses_and_rejects_bad_specs():
     plan = FaultPlan.parse("nan@3, spike@5x20,kill@9,killsave@12,term@7")
     assert np.isnan(plan.loss_scales[3, -1]) and plan.loss_scales[5, -1] == 20.0
     assert plan.loss_scale(5) == 20.0 and plan.loss_scale(5) == 1.0  # fires once
-    for bad in ("nan@0", "boom@3", "kill@3x2", "spike@x"):
+    for bad in ("nan@0", "boom@3", "kill@3x2", "spike@x", "kill@3:r1", "nan@3:x1", "slow@2"):
         with pytest.raises(ValueError, match="nan@STEP"):
             FaultPlan.parse(bad)
+
+
+def test_per_replica_faults_hit_their_replicas_rows_only():
+    plan = FaultPlan.parse("nan@2:r1,spike@2x4,corrupt@3:r2,stuck@1:r3,slow@1x0.01")
+    assert plan.replicas() == {1, 2, 3} and plan.slow_from == (1, 0.01)
+    scales = plan.loss_scale(2, replicas=4)
+    assert scales[0] == 4.0 and np.isnan(scales[1]) and scales[2:].tolist() == [4.0, 4.0]
+    rows = {k: np.arange(8 * 5).reshape(8, 5) + 3 for k in ("tokens", "labels")}
+    # A process holding replicas 2 and 3 (rows 0-3 and 4-7 of its batch) at step 3.
+    hit = {k: v.copy() for k, v in rows.items()}
+    plan.corrupt(hit, 3, vocab_size=300, replicas=2, first=2)
+    assert not np.array_equal(hit["tokens"][:4], rows["tokens"][:4])  # replica 2: random ids
+    assert (hit["tokens"][4:] == 1).all() and (hit["labels"][4:] == 1).all()  # 3: stuck
+    again = {k: v.copy() for k, v in rows.items()}
+    plan.corrupt(again, 3, vocab_size=300, replicas=2, first=2)
+    np.testing.assert_array_equal(again["tokens"], hit["tokens"])  # a rerun corrupts alike
+    early = {k: v.copy() for k, v in rows.items()}
+    plan.corrupt(early, 2, vocab_size=300, replicas=2, first=2)  # replica 2 from step 3 only
+    np.testing.assert_array_equal(early["tokens"][:4], rows["tokens"][:4])
+    other = {k: v.copy() for k, v in rows.items()}
+    plan.corrupt(other, 5, vocab_size=300, replicas=2, first=0)  # replicas 0, 1: untouched
+    np.testing.assert_array_equal(other["tokens"], rows["tokens"])
 
 
 # ---------------------------------------------------------------------------- end to end

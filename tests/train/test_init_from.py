@@ -2,9 +2,7 @@
 by about the LR, a random init would be far off), and a checkpoint of another architecture or a
 directory that is no checkpoint is refused in one line before anything is written."""
 
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ import pytest
 from lingjax import configs
 from lingjax.checkpoint import load, save_params
 from lingjax.model import leaves_of
+from tests.support.cli import cpu_env, train_cmd
 from tests.support.hf_synth import random_variables
 
 # The shared host-logic config (tests/train/test_resume.py): the step comes from the run cache.
@@ -27,17 +26,9 @@ OVERRIDES = {
 
 
 def _train(workdir, corpus_dir, init_from, config="tiny"):
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-    }
-    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    cmd = [sys.executable, "-m", "lingjax.cli.train", f"--config={config}", *flags]
-    cmd += [f"--config.data.corpus={corpus_dir}", f"--config.train.init_from={init_from}"]
-    return subprocess.run(
-        [*cmd, f"--workdir={workdir}"], capture_output=True, text=True, env=env, timeout=600
-    )
+    overrides = {**OVERRIDES, "train.init_from": init_from}
+    cmd = train_cmd(workdir, corpus_dir, overrides, config=config)
+    return subprocess.run(cmd, capture_output=True, text=True, env=cpu_env(), timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 
 import jax
 import pytest
@@ -22,6 +21,7 @@ from lingjax.train.faults import FaultPlan
 from lingjax.train.metrics import read_metrics
 from lingjax.train.replicas import shard_local_sgd
 from tests.support.checkpoints import assert_trees_equal
+from tests.support.cli import cpu_env, train_cmd
 
 STEPS = 12
 OVERRIDES = {
@@ -43,25 +43,11 @@ TIMING = {"tokens_per_sec", "mfu", "step_time", "data_wait_frac", "slow_steps"}
 
 @pytest.fixture(scope="module")
 def env():
-    return {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
-    }
+    return cpu_env(devices=2)
 
 
 def _cmd(workdir, corpus_dir, *extra, **overrides):
-    flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **overrides}.items()]
-    return [
-        sys.executable,
-        "-m",
-        "lingjax.cli.train",
-        "--config=tiny",
-        *flags,
-        f"--config.data.corpus={corpus_dir}",
-        f"--workdir={workdir}",
-        *extra,
-    ]
+    return train_cmd(workdir, corpus_dir, {**OVERRIDES, **overrides}, *extra)
 
 
 def _run(cmd, env):

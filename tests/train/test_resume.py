@@ -10,7 +10,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -22,6 +21,7 @@ from lingjax.train.metrics import read_metrics
 from lingjax.train.preemption import PreemptionWatcher
 from lingjax.train.state import abstract_state
 from tests.support.checkpoints import assert_trees_equal
+from tests.support.cli import cpu_env, train_cmd
 
 STEPS = 20
 EVERY = 3
@@ -42,27 +42,13 @@ TIMING = {"tokens_per_sec", "mfu", "step_time", "data_wait_frac", "slow_steps"}
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    return {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        # One CPU device (a laptop): the 8 fake devices of the test process would split the
-        # batch 8 ways on 2 cores; the sharded restore is covered in tests/checkpoint.
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-    }
+    # One CPU device (a laptop): the 8 fake devices of the test process would split the batch
+    # 8 ways on 2 cores; the sharded restore is covered in tests/checkpoint.
+    return cpu_env(devices=1)
 
 
 def _cmd(workdir, corpus_dir, *extra):
-    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    return [
-        sys.executable,
-        "-m",
-        "lingjax.cli.train",
-        "--config=tiny",
-        *flags,
-        f"--config.data.corpus={corpus_dir}",
-        f"--workdir={workdir}",
-        *extra,
-    ]
+    return train_cmd(workdir, corpus_dir, OVERRIDES, *extra)
 
 
 def _run(cmd, env, log):

@@ -135,3 +135,18 @@ def test_lr_and_warmup_changes_are_refused_once_steps_are_trained(tmp_path, trai
         else:  # nothing trained yet: nothing to keep
             _, changes = check_resume_config(tmp_path, cfg)
             assert set(changes) == set(change)
+
+
+def test_local_sgd_keeps_its_replicas_and_may_change_when_it_syncs(tmp_path):
+    local = {"train.local_sgd.enabled": True, "mesh.data": 4}
+    _saved(tmp_path, configs.get("tiny", **local))
+    more = configs.get("tiny", **{**local, "mesh.data": 2})
+    with pytest.raises(ConfigError, match=r"mesh.data: 4 -> 2"):
+        check_resume_config(tmp_path, more)  # the number of replicas: the state's shape
+    timed = {"train.local_sgd.sync_every": 20, "train.local_sgd.sync_seconds": 300.0}
+    _, changes = check_resume_config(tmp_path, configs.get("tiny", **local, **timed))
+    assert set(changes) == set(timed)
+    with pytest.raises(ConfigError, match=r"train\.local_sgd\.outer"):
+        check_resume_config(
+            tmp_path, configs.get("tiny", **local, **{"train.local_sgd.outer": "average"})
+        )

@@ -11,9 +11,10 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 
 import pytest
+
+from tests.support.cli import cpu_env, train_cmd
 
 OVERRIDES = {
     "model.num_layers": 1,
@@ -29,24 +30,11 @@ OVERRIDES = {
 
 
 def _cmd(workdir, corpus_dir):
-    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    return [
-        sys.executable,
-        "-m",
-        "lingjax.cli.train",
-        "--config=tiny",
-        *flags,
-        f"--config.data.corpus={corpus_dir}",
-        f"--workdir={workdir}",
-    ]
+    return train_cmd(workdir, corpus_dir, OVERRIDES)
 
 
 def _env():
-    return {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-    }
+    return cpu_env(devices=1)
 
 
 def _leftovers(workdir):
