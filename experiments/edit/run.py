@@ -13,6 +13,8 @@ expert=2, the same global batches in the same order for every run (8 rows x 256 
   edit_average           the same with plain averaging as the outer step
   edit_*_corrupt         each of the two with replica 2 fed uniformly random tokens from
                          step 1 on (--inject_faults=corrupt@1:r2)
+  edit_average_stuck     edit_average with replica 2's reader stuck on one token id from
+                         step 1 on (--inject_faults=stuck@1:r2)
 The runs are short (30 syncs), so the detector warms up over 3 syncs with alpha 0.3 instead of
 EDiT's 120 syncs at 0.02 (lingjax/train/local_sgd.py: the EWMA needs ~1/alpha syncs).
 Every run scores the same held-out batches (data.eval_fraction) every 50 steps; local-SGD runs
@@ -48,7 +50,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, ROOT)
 
 from lingjax import configs, parallel  # noqa: E402
 from lingjax.train import make_optimizer, train  # noqa: E402
@@ -70,8 +73,9 @@ RUNS = {
     "edit_average": (AVERAGE, ""),
     "edit_nesterov_corrupt": (LOCAL, "corrupt@1:r2"),
     "edit_average_corrupt": (AVERAGE, "corrupt@1:r2"),
+    "edit_average_stuck": (AVERAGE, "stuck@1:r2"),
 }
-CORRUPT_RUN = "edit_average_corrupt"
+FAULTY_RUNS = ("edit_average_corrupt", "edit_average_stuck")
 CORRUPT_REPLICA = 2
 
 
@@ -182,38 +186,33 @@ def sync_cost(reps: int) -> dict:
 
 
 def _plot(results: dict, path: str) -> None:
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    a = axes[0]
     for name, r in results["runs"].items():
         steps, val = zip(*r["val_curve"], strict=True)
-        line = a.plot(steps, val, "o-", label=f"{name} ({r['syncs']} syncs)")
-        ts, tl = zip(*r["train_curve"], strict=True)
-        a.plot(ts, tl, "-", alpha=0.25, color=line[0].get_color())
+        a.plot(steps, val, "o-", label=f"{name} ({r['syncs']} syncs)")
     a.set_xlabel("step")
-    a.set_ylabel("loss (nats/byte): held-out (dots), train (faint)")
-    a.set_ylim(top=4.0)
-    a.legend(fontsize=8)
-    a.set_title("tiny: 4 replicas x 2 rows, sync every 10, vs synchronous DP", fontsize=10)
-    corrupt = results["runs"].get(CORRUPT_RUN)
-    if corrupt:
-        s, w = zip(*corrupt["sync_weights"], strict=True)
+    a.set_ylabel("held-out loss (nats/byte)")
+    a.legend(fontsize=7)
+    a.set_title("tiny: 4 replicas x 2 rows, sync every 10, vs synchronous DP", fontsize=9)
+    for b, name in zip(axes[1:], FAULTY_RUNS, strict=True):
+        run = results["runs"].get(name)
+        if not run:
+            continue
+        s, w = zip(*run["sync_weights"], strict=True)
         w = np.array(w)
         for r in range(w.shape[1]):
             bad = r == CORRUPT_REPLICA
-            b.plot(
-                s,
-                w[:, r],
-                "o-" if bad else "-",
-                label=f"replica {r}" + (" (random tokens)" if bad else ""),
-                lw=2 if bad else 1,
-            )
-        for e in corrupt["eliminated_at"]:
-            b.axvline(e, color="red", alpha=0.08)
+            label = f"replica {r}" + (" (faulty data)" if bad else "")
+            b.plot(s, w[:, r], "o-" if bad else "-", label=label, lw=2 if bad else 1)
+        for e in run["eliminated_at"]:
+            b.axvline(e, color="red", alpha=0.1)
         b.set_xlabel("sync (step)")
         b.set_ylabel("merge weight (mean over units)")
-        b.set_title(f"{CORRUPT_RUN}: weights; red = a unit of replica 2 eliminated")
-        b.legend(fontsize=8)
+        b.set_title(f"{name}: red = a unit of a replica eliminated", fontsize=9)
+        b.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -222,7 +221,12 @@ def main() -> None:
     p.add_argument("--out", default="runs/edit")
     p.add_argument("--reps", type=int, default=20, help="timed calls of each program")
     p.add_argument("--only", default="", help="comma-separated runs to train (default: all)")
+    p.add_argument("--plot_only", action="store_true", help="redraw edit.png from results.json")
     args = p.parse_args()
+    if args.plot_only:
+        with open(os.path.join(HERE, "results.json")) as f:
+            _plot(json.load(f), os.path.join(HERE, "edit.png"))
+        return
     names = [n for n in RUNS if not args.only or n in args.only.split(",")]
     results: dict = {"runs": {}}
     for i, name in enumerate(names):
@@ -245,7 +249,7 @@ def main() -> None:
         "python": platform.python_version(),
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "cpus": os.cpu_count(),
-        "command": " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+        "command": " ".join([os.path.relpath(os.path.abspath(sys.argv[0]), ROOT), *sys.argv[1:]]),
         "steps": args.steps,
     }
     with open(os.path.join(HERE, "results.json"), "w") as f:

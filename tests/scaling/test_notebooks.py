@@ -17,6 +17,10 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     # The kernel's matplotlib draws inline (image/png outputs), whatever MPLBACKEND says here.
     monkeypatch.delenv("MPLBACKEND", raising=False)
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    # One BLAS thread in the kernel: its fits ran 6-8 s alone but 40-45 s beside the suite's
+    # workers, whose cores OpenBLAS's spinning threads fought for.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
     NotebookClient(
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": ROOT}}
     ).execute()

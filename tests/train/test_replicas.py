@@ -98,13 +98,12 @@ def test_tau_one_with_averaging_and_sgd_is_synchronous_sgd(cfg, mesh):
         cfg.model, cfg.train.step_config(), tx, mesh, cfg.train.batch_size, AVERAGE
     )
     state = run.init(jax.random.key(0))
-    for i, b in enumerate(_batches(cfg)):  # step 0 local, then sync + local: tau = 1
-        program = run.step if i == 0 else run.sync_step
-        state, m = program(state, run.put_batch(b, whole=i > 0), _ctl())
+    for b in _batches(cfg):  # sync + local step: tau = 1 (the first sync merges nothing)
+        state, m = run.sync_step(state, run.put_batch(b, whole=True), _ctl())
         assert not bool(m["skipped"])
     state, info = run.sync(state)
     np.testing.assert_allclose(np.asarray(info["weight"]), 1 / R, rtol=1e-5)
-    assert int(state.syncs) == STEPS
+    assert int(state.syncs) == STEPS + 1
     ref = _sync_run(cfg, mesh, tx)
     _close(state.params, ref.params, SGD_ATOL, "theta_synced")
     for r in range(R):  # after a sync every replica holds theta_synced
