@@ -72,6 +72,8 @@ def main(argv: list[str]) -> None:
         print(f"  {key:<12}{_gib(b[key])}")
     parts = ", ".join(f"{k.replace('_', ' ')} {v / 2**30:.2f}" for k, v in acts.items())
     print(f"  {'activations':<12}{_gib(b['activations'])}  (estimate, GiB: {parts})")
+    if "local_sgd" in b:
+        print(f"  {'local SGD':<12}{_gib(b['local_sgd'])}  (theta_synced and outer momentum, fp32)")
     line = f"  {'total':<12}{_gib(b['total'])}"
     if memory is not None:
         verdict = "fits" if plan["fits"] else "does NOT fit"

@@ -25,6 +25,11 @@ alive at its peak. Per device, with b = batch / (data * fsdp * expert) rows of L
   logits         (1 + MTP layers) * 2 * T * (vocab / t) * 4: fp32 logits and their gradient.
 XLA's own temporaries, fragmentation and the collectives' buffers come on top: leave headroom.
 
+Local SGD (train.local_sgd) adds `bytes["local_sgd"]`: theta_synced in fp32 and the outer
+optimiser's momentum, split like the params (each replica's own state costs what a
+synchronous run's does: the data axis never splits params); its checkpoints hold every
+replica's state.
+
 Disk (`plan["disk"]`, whole run, not per device): a full checkpoint holds the train state
 (params, buffers, optimizer state: about 3x the params under AdamW), a params-only copy
 (checkpoint.params_every_steps) the params and buffers; the counts kept at the end of the run
@@ -128,9 +133,15 @@ def plan_memory(
         "gradients": params,
         "activations": acts["total"],
     }
+    state_bytes = _global(state)
+    ls = cfg.train.local_sgd
+    if ls.enabled:  # + theta_synced (fp32) and the outer momentum, split like the params
+        f32 = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32), state.params)
+        copies = 1 + (ls.outer == "nesterov")
+        used["local_sgd"] = copies * _per_device(f32, shard.params)
+        state_bytes = shape["data"] * state_bytes + copies * _global(f32)
     used["total"] = sum(used.values())
     full, copies = retained_steps(cfg.checkpoint, cfg.train.steps)
-    state_bytes = _global(state)
     params_bytes = _global(state.params) + _global(state.buffers)
     disk = {
         "checkpoint_bytes": state_bytes,

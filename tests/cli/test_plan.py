@@ -74,6 +74,25 @@ def test_param_optimizer_and_gradient_bytes_match_a_hand_count(name, devices, me
     assert b["total"] == b["params"] + b["optimizer"] + b["gradients"] + b["activations"]
 
 
+def test_local_sgd_adds_theta_synced_and_the_outer_momentum():
+    base = {"mesh.data": 4, "mesh.expert": 8, "train.batch_size": 32}
+    sync = plan_memory(configs.get("ling-mini-2.0", **base), 32)
+    local = {**base, "train.local_sgd.enabled": True}
+    for outer, copies in (("nesterov", 2), ("average", 1)):
+        cfg = configs.get("ling-mini-2.0", **local, **{"train.local_sgd.outer": outer})
+        plan = plan_memory(cfg, 32)
+        b = plan["bytes"]
+        params = sync["bytes"]["gradients"]  # fp32 params per device, no buffers
+        assert b["local_sgd"] == copies * params  # theta_synced (+ momentum), split alike
+        for key in ("params", "optimizer", "gradients", "activations"):
+            assert b[key] == sync["bytes"][key]  # a replica costs what a synchronous run does
+        assert b["total"] == sync["bytes"]["total"] + copies * params
+        n = lingjax.count_params(cfg.model)
+        whole = (n["total"] + n["mtp"] - hand_buffers("ling-mini-2.0", 1)) * FP32
+        want = 4 * sync["disk"]["checkpoint_bytes"] + copies * whole  # every replica's state
+        assert plan["disk"]["checkpoint_bytes"] == want
+
+
 def test_one_device_holds_everything():
     cfg = configs.get("ling-mini-2.0", **{"mesh.data": 1, "train.batch_size": 1})
     n = lingjax.count_params(cfg.model)
