@@ -1,5 +1,7 @@
-"""End to end: 30 training steps of `tiny` (Ling v1 style) and `tiny-v2` (Ling 2.0 style) on
-real text make the loss fall, with all logged metrics present and finite."""
+"""End to end: 30 training steps of `tiny-v2` (Ling 2.0 style: expert bias, MTP) on real text
+make the loss fall, with all logged metrics present and finite. `tiny` (Ling v1) trains end to
+end in most tests of the loop; its loss falling over 20 steps is asserted in
+tests/parallel/test_multihost.py."""
 
 import json
 import math
@@ -10,7 +12,7 @@ from lingjax import configs
 from lingjax.train import train
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-v2"])
+@pytest.mark.parametrize("name", ["tiny-v2"])
 def test_thirty_steps_loss_falls(tmp_path, corpus_dir, name):
     cfg = configs.get(
         name,
