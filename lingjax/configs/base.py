@@ -417,6 +417,61 @@ class LocalSGDConfig:
         self.penalty().validate(prefix="train.local_sgd.")
 
 
+OBJECTIVES = ("lm", "sft", "dpo", "c3po")
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+    """Direct preference optimisation (train.objective="dpo"; lingjax/train/objectives.py)."""
+
+    beta: float = 0.1  # the implicit reward's scale: beta * log(pi / pi_ref)
+    nll_coef: float = 0.0  # + this times the chosen answers' mean token NLL (0 = plain DPO)
+
+    def validate(self) -> None:
+        _check(self.beta > 0, f"train.dpo.beta={self.beta} must be > 0 (DPO papers: 0.1)")
+        _check(self.nll_coef >= 0, f"train.dpo.nll_coef={self.nll_coef} must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class C3POConfig:
+    """C3PO reinforcement learning (train.objective="c3po"; Ring-lite, arXiv 2506.14731;
+    lingjax/posttrain). Defaults are Ring-lite's where they are scale-free."""
+
+    budget: int = 4096  # Phi: response tokens per optimiser step (Ring-lite: 409,600)
+    samples: int = 16  # K responses per prompt
+    prompts: int = 8  # prompts per rollout batch (Ring-lite: 512)
+    max_new_tokens: int = 64  # longest response
+    temperature: float = 1.0  # of the rollouts
+    clip: float = 0.2  # epsilon of the clipped ratio
+    kl_coef: float = 1e-3  # beta of the token-level KL to the reference (the initial weights)
+    entropy_coef: float = 5e-4  # entropy bonus (the loss subtracts it: entropy is encouraged)
+    # "exact": the response's answer equals the line's "answer"; "code": the line's "tests"
+    # pass against the response's code in a subprocess; or "module:function" of your own.
+    reward: str = "exact"
+    reward_timeout: float = 5.0  # seconds a code reward may run
+
+    def validate(self) -> None:
+        for key in ("budget", "samples", "prompts", "max_new_tokens"):
+            value = getattr(self, key)
+            _check(isinstance(value, int) and value >= 1, f"train.c3po.{key}={value} must be >= 1")
+        _check(
+            self.samples >= 2,
+            f"train.c3po.samples={self.samples} must be >= 2 (group "
+            "advantages need two responses of a prompt)",
+        )
+        for key in ("temperature", "reward_timeout"):
+            value = getattr(self, key)
+            _check(value > 0, f"train.c3po.{key}={value} must be > 0")
+        _check(0 < self.clip < 1, f"train.c3po.clip={self.clip} must be in (0, 1) (Ring-lite: 0.2)")
+        for key in ("kl_coef", "entropy_coef"):
+            value = getattr(self, key)
+            _check(value >= 0, f"train.c3po.{key}={value} must be >= 0")
+        _check(
+            self.reward in ("exact", "code") or ":" in self.reward,
+            f"train.c3po.reward={self.reward!r}: use exact, code, or module:function",
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 200  # where the run stops (may grow on resume; see schedule_steps)
@@ -457,6 +512,12 @@ class TrainConfig:
     peak_flops_per_device: float = 0.0
     anomaly: AnomalyConfig = dataclasses.field(default_factory=AnomalyConfig)
     local_sgd: LocalSGDConfig = dataclasses.field(default_factory=LocalSGDConfig)
+    # What a step minimises: "lm" next-token prediction on corpora, "sft" on the assistant's
+    # tokens of data.instruct conversations, "dpo" on its preference pairs, "c3po" RL on its
+    # prompts (lingjax/posttrain).
+    objective: str = "lm"
+    dpo: DPOConfig = dataclasses.field(default_factory=DPOConfig)
+    c3po: C3POConfig = dataclasses.field(default_factory=C3POConfig)
 
     @property
     def schedule_length(self) -> int:
@@ -532,6 +593,12 @@ class TrainConfig:
         )
         self.anomaly.validate()
         self.local_sgd.validate()
+        _check(
+            self.objective in OBJECTIVES,
+            f"train.objective={self.objective!r}: use one of {OBJECTIVES}",
+        )
+        self.dpo.validate()
+        self.c3po.validate()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -572,6 +639,12 @@ class DataConfig:
     # Validation split: this fraction of each corpus' documents (a fixed, seed-independent
     # choice) is held out of training; `eval` (EvalConfig) says when and how much of it is read.
     eval_fraction: float = 0.0
+    # Post-training data (train.objective sft/dpo/c3po): JSON-lines files (comma-separated
+    # files, directories, globs) of conversations, preference pairs or prompts
+    # (lingjax/data/instruct.py), rendered with `chat_template` ("auto": the tokenizer's own,
+    # else "plain"; "plain", "ling", "ling2", or a .jinja file; lingjax/data/chat.py).
+    instruct: str = ""
+    chat_template: str = "auto"
 
     def corpus_dirs(self) -> dict[str, str]:
         """{name: directory} of the mixture, in the order given."""
@@ -762,7 +835,37 @@ class Config:
         self.eval.validate()
         self._check_eval()
         self._check_local_sgd()
+        self._check_objective()
         return self
+
+    def _check_objective(self) -> None:
+        t, d = self.train, self.data
+        if t.objective == "lm":
+            _check(
+                not d.instruct,
+                f"data.instruct={d.instruct!r} is post-training data, but train.objective=lm "
+                "trains on corpora: set --config.train.objective=sft (or dpo, c3po)",
+            )
+            return
+        _check(
+            bool(d.instruct),
+            f"train.objective={t.objective} needs data.instruct: the JSON-lines files of "
+            + {"sft": "conversations", "dpo": "preference pairs", "c3po": "prompts"}[t.objective],
+        )
+        _check(
+            not d.mixture and not d.corpus,
+            f"train.objective={t.objective} reads data.instruct, not corpora: clear data.corpus "
+            "and data.mixture",
+        )
+        _check(
+            d.eval_fraction == 0,
+            f"data.eval_fraction={d.eval_fraction}: no held-out split of data.instruct is built; "
+            "set it to 0 and score checkpoints with python -m lingjax.cli.eval on task files",
+        )
+        _check(
+            not t.local_sgd.enabled,
+            f"train.local_sgd with train.objective={t.objective} is not supported: turn one off",
+        )
 
     def _check_local_sgd(self) -> None:
         ls = self.train.local_sgd

@@ -76,9 +76,10 @@ class EvalInputs:
     tokenizer: Any = None  # the run's, for task text (None without tasks)
 
 
-def check_inputs(cfg: Config, sources: Sequence[Any]) -> EvalInputs:
+def check_inputs(cfg: Config, sources: Sequence[Any], tokenizer: Any = None) -> EvalInputs:
     """EvalInputs of cfg.eval; CorpusError / ConfigError / TokenizerError (each naming the
-    key and the fix) for a capability corpus or task file that cannot be read."""
+    key and the fix) for a capability corpus or task file that cannot be read. `tokenizer`:
+    the run's, when it trains on no corpora (post-training); else the corpora's."""
     e = cfg.eval
     if not e.every:
         return EvalInputs()
@@ -95,7 +96,7 @@ def check_inputs(cfg: Config, sources: Sequence[Any]) -> EvalInputs:
             f"eval.tasks: generative tasks ({', '.join(gen)}) are evaluated in the loop of "
             "one-process runs only; score them after training with lingjax.cli.eval"
         )
-    return EvalInputs(tuple(tasks), run_tokenizer(cfg.data, sources))
+    return EvalInputs(tuple(tasks), tokenizer or run_tokenizer(cfg.data, sources))
 
 
 class Evaluator:

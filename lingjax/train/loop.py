@@ -44,13 +44,16 @@ from lingjax.configs import (
     to_dict,
     to_json,
 )
-from lingjax.data import MODEL_INPUTS, MixtureMeter, make_train_iterator
+from lingjax.data import MixtureMeter, make_train_iterator
 from lingjax.data.sources import open_sources, save_run_tokenizer
+from lingjax.data.tokenizer import save_tokenizer
 from lingjax.model import flops_per_token, peak_flops
 from lingjax.train.anomaly import VERDICT_KEYS, AnomalyMonitor, Outcome
 from lingjax.train.evaluation import EvalInputs, Evaluator, cross_entropy_step
 from lingjax.train.evaluation import check_inputs as check_eval_inputs
 from lingjax.train.faults import FaultPlan
+from lingjax.train.instruct import Instruct, load_instruct
+from lingjax.train.local_host import LocalSGDHost
 from lingjax.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from lingjax.train.optimizer import make_optimizer
 from lingjax.train.preemption import PreemptionWatcher
@@ -59,8 +62,8 @@ from lingjax.train.replicas import ShardedLocalSGD, shard_local_sgd
 from lingjax.train.resume import check_resume_config, schedule_overrun
 from lingjax.train.sharded import ShardedTraining, shard_training
 from lingjax.train.state import TrainState
-from lingjax.train.step import controls, metrics_summary
-from lingjax.train.sync_plan import Decision, SyncPlan
+from lingjax.train.step import device_inputs, metrics_summary
+from lingjax.train.sync_plan import SyncPlan
 from lingjax.train.timing import SlowStepDetector
 
 # What a sync step reports to the host (sync()'s info, prefixed).
@@ -122,10 +125,6 @@ def sharded_run(cfg: Config, target_shardings: Any = None) -> ShardedTraining | 
     return _sharded(
         cfg.model, t.step_config(), t.optimizer_config(), cfg.mesh, t.batch_size, target, local
     )
-
-
-def _model_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: batch[k] for k in MODEL_INPUTS}  # `source_ids` stays on the host
 
 
 @dataclasses.dataclass
@@ -195,8 +194,14 @@ def train(
     cfg, _ = check_resume_config(workdir, cfg, allow_change=allow_config_change)
     # A missing or foreign corpus, or ids past the vocabulary, fail here (CorpusError), before
     # anything is written to the workdir. Reads the manifests and document lengths only.
-    sources = open_sources(cfg.data, vocab_size=cfg.model.vocab_size, split="train")
-    eval_inputs = check_eval_inputs(cfg, sources)  # capability corpora, task files
+    instruct = None
+    if cfg.train.objective == "lm":
+        sources = open_sources(cfg.data, vocab_size=cfg.model.vocab_size, split="train")
+        eval_inputs = check_eval_inputs(cfg, sources)  # capability corpora, task files
+    else:  # post-training: data.instruct, read and checked whole (file:line errors)
+        instruct = load_instruct(cfg, workdir)
+        sources = []
+        eval_inputs = check_eval_inputs(cfg, sources, instruct.tokenizer)
     if cfg.train.init_from and not saved_steps(os.path.join(workdir, CHECKPOINT_DIR)):
         check_init_from(cfg)
     if warning := schedule_overrun(cfg):
@@ -207,8 +212,11 @@ def train(
     try:
         if jax.process_index() == 0:
             write_config(cfg, workdir)
-            save_run_tokenizer(cfg.data, sources, workdir)
-        run = _Run(cfg, workdir, faults or FaultPlan(), par, lock, eval_inputs)
+            if instruct is None:
+                save_run_tokenizer(cfg.data, sources, workdir)
+            else:
+                save_tokenizer(instruct.tokenizer, workdir)
+        run = _Run(cfg, workdir, faults or FaultPlan(), par, lock, eval_inputs, instruct)
         try:
             return run.run()
         finally:
@@ -302,7 +310,7 @@ def _lock_workdir(workdir: str, takeover: bool) -> WorkdirLock | None:
     return lock
 
 
-class _Run:
+class _Run(LocalSGDHost):
     def __init__(
         self,
         cfg: Config,
@@ -311,9 +319,10 @@ class _Run:
         par: ShardedTraining,
         lock: WorkdirLock | None = None,
         eval_inputs: EvalInputs | None = None,
+        instruct: Instruct | None = None,
     ):
         self.cfg, self.workdir, self.faults, self.par, self.lock = cfg, workdir, faults, par, lock
-        self.eval_inputs = eval_inputs
+        self.eval_inputs, self.instruct = eval_inputs, instruct
         self.t = cfg.train
         self.acfg = cfg.train.anomaly
         self.writer = None
@@ -330,11 +339,13 @@ class _Run:
     def _open(self) -> None:
         cfg, t, par = self.cfg, self.t, self.par
         if isinstance(par, ShardedLocalSGD):
-            self.put_batch = lambda batch, whole=True: par.put_batch(_model_inputs(batch), whole)
+            self.put_batch = lambda batch, whole=True: par.put_batch(device_inputs(batch), whole)
         else:
-            self.put_batch = lambda batch, whole=True: par.put_batch(_model_inputs(batch))
-        self.feeder = RetryFeeder(
-            make_train_iterator(
+            self.put_batch = lambda batch, whole=True: par.put_batch(device_inputs(batch))
+        if self.instruct is not None:
+            stream = self.instruct.batches(t, par.data_index, par.data_count, cfg.data.seed)
+        else:
+            stream = make_train_iterator(
                 cfg.data,
                 seq_len=t.seq_len,
                 batch_size=t.batch_size,
@@ -342,7 +353,7 @@ class _Run:
                 process_index=par.data_index,
                 process_count=par.data_count,
             )
-        )
+        self.feeder = RetryFeeder(stream)
         self.mixture = MixtureMeter(cfg.data)  # realised mixture proportions, logged per row
         self.evaluator = None
         if cfg.eval.every:
@@ -609,124 +620,6 @@ class _Run:
         self.last_logged, self.iter_start = target, None
         self.window.reset()
         return target
-
-    # ------------------------------------------------------------------ local SGD
-
-    def _global_view(self) -> Any:
-        """The state as checkpoints, evaluation and params copies see it (local SGD across
-        processes: every replica on the whole mesh; otherwise the state itself)."""
-        return self.par.to_global(self.state) if self.local else self.state
-
-    def _local_view(self, state: Any) -> Any:
-        return self.par.to_local(state) if self.local else state
-
-    def _reset_local(self) -> None:
-        """The plan's record of the last sync, from the state (start, resume, rollback)."""
-        last, syncs = jax.device_get((self.state.last_sync, self.state.syncs))
-        self.plan.reset(int(last), int(syncs))
-
-    def _agree(self, step: int, last: bool, stop: bool, save: bool) -> Decision | None:
-        """An agreed (A-EDiT across processes) run's decision at this boundary; else None."""
-        if self.plan is None or not self.plan.agreed:
-            return None
-        if jax.process_index() == 0:
-            save = save and step > self.start  # (not the checkpoint it resumed from)
-            return self.plan.decide(step, last=last, preempted=stop, save=save)
-        return self.plan.follow(step, at_end=last)
-
-    def _controls(self, step: int, entry: RetryEntry | None) -> tuple[Any, Any, bool, bool]:
-        """(controls, the program to run, whether it syncs first, whether it runs over every
-        replica) of step `step` (0-based)."""
-        lr_scale = self.acfg.retry_lr_scale if entry else 0.0
-        if not self.local:
-            ctl = controls(spike_lr_scale=lr_scale, loss_scale=self.faults.loss_scale(step + 1))
-            return ctl, self.par.step, False, True
-        warm = self.plan.warm(step)
-        ctl = controls(
-            spike_lr_scale=lr_scale,
-            loss_scale=self.faults.loss_scale(step + 1, self.par.replicas),
-            synchronous=float(warm),
-        )
-        if warm:
-            self.plan.last_sync = step + 1
-        if not self.plan.agreed and self.plan.due(step):
-            self.plan.synced(step)
-            return ctl, self.par.sync_step, True, True
-        return ctl, self.par.step, False, warm
-
-    def _faulty(self, batch: dict[str, np.ndarray], step: int) -> dict[str, np.ndarray]:
-        batch = _model_inputs(batch)
-        if self.faults.corrupt_from:
-            batch = dict(batch)
-            if self.local:
-                replicas, first = self.par.hi - self.par.lo, self.par.lo
-            else:
-                replicas, first = 1, 0
-            self.faults.corrupt(batch, step, self.cfg.model.vocab_size, replicas, first)
-        return batch
-
-    def _sync_here(self, step: int, decision: Decision | None, last: bool, evaluate: bool) -> bool:
-        """Whether to sync at this boundary rather than inside the next step: an agreed sync,
-        the sync that ends the run, or a sync due right before an evaluation (which then scores
-        the merge of this step, not the one of the last sync)."""
-        if decision is not None:
-            return decision.sync
-        return (last and self.plan.last_sync < step) or (evaluate and self.plan.due(step))
-
-    def _boundary_sync(self, step: int) -> None:
-        """A sync between two steps (the end of a run, or an agreed timed sync)."""
-        self.state, info = self.par.sync(self.state)
-        self._sync_event(step, info)  # waits for the sync: the A-EDiT clock starts after it
-        self.plan.synced(step)
-
-    def _sync_event(self, step: int, info: dict[str, Any]) -> None:
-        """One `sync` event per sync (the sync history: each replica's local steps since the
-        last one, pseudo-gradient norm and merge weight), and a `replica_eliminated` event
-        when the sync eliminated (a unit of) a replica."""
-        info = {k: np.asarray(v) for k, v in jax.device_get(info).items()}
-        self.writer.event(
-            {
-                "event": "sync",
-                "step": step,
-                "local_steps": info["local_steps"].tolist(),
-                "norms": info["norms"].round(6).tolist(),
-                "weights": info["weight"].round(6).tolist(),
-            },
-            quiet=True,
-        )
-        out = [int(r) for r in np.flatnonzero(info["eliminated"])]
-        if out:
-            self.writer.event(
-                {
-                    "event": "replica_eliminated",
-                    "step": step,
-                    "replicas": out,
-                    "units": info["eliminated"].tolist(),
-                    "norms": info["norms"].round(6).tolist(),
-                }
-            )
-
-    def _rollback_is_reset(self) -> bool:
-        """Local SGD across processes: the anomaly policy's rollback resets this process's
-        replicas to the last synced model instead (a checkpoint restore would need every
-        process, and the others' replicas are healthy)."""
-        return self.local and self.par.multiprocess
-
-    def _reset_replicas(self, state: Any, now: int) -> Any:
-        streak_start, dropped = self._end_streak(now)
-        self.monitor.rolled_back()
-        self.writer.event(
-            {
-                "event": "replicas_reset",
-                "step": now,
-                "replicas": list(range(self.par.lo, self.par.hi)),
-                "process": jax.process_index(),
-                "streak_start": streak_start + 1,
-                "batches_dropped": dropped,
-                "rollbacks": self.monitor.counters["rollbacks"],
-            }
-        )
-        return self.par.reset_replicas(state)
 
     def _save(self, step: int, *, force: bool = False) -> bool:
         if not force and step in self.ckpt.all_steps():

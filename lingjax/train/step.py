@@ -42,6 +42,14 @@ Batch = dict[str, Array]
 Controls = dict[str, Array]
 
 
+HOST_KEYS = ("source_ids",)  # batch entries for the host's bookkeeping, never on the devices
+
+
+def device_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a host batch the step reads (every one but the host's bookkeeping)."""
+    return {k: v for k, v in batch.items() if k not in HOST_KEYS}
+
+
 def controls(spike_lr_scale: float = 0.0, loss_scale: Any = 1.0, **extra: Any) -> Controls:
     """The step's host-side inputs (fp32 scalars, or [R] per replica for `loss_scale` under
     local SGD: new values never trigger a recompile); `extra` = more named controls
