@@ -316,6 +316,14 @@ class StepConfig:
     mtp_coef: float
     expert_bias_rate: float
     routing_warmup_steps: int
+    # The objective (train.objective) and the numbers its loss reads (lingjax/train/objectives.py).
+    objective: str = "lm"
+    dpo_beta: float = 0.1
+    dpo_nll_coef: float = 0.0
+    c3po_budget: int = 4096
+    c3po_clip: float = 0.2
+    c3po_kl_coef: float = 1e-3
+    c3po_entropy_coef: float = 5e-4
 
 
 OUTER_NAMES = ("nesterov", "average")
@@ -554,6 +562,13 @@ class TrainConfig:
             mtp_coef=self.mtp_coef,
             expert_bias_rate=self.expert_bias_rate,
             routing_warmup_steps=self.routing_warmup_steps,
+            objective=self.objective,
+            dpo_beta=self.dpo.beta,
+            dpo_nll_coef=self.dpo.nll_coef,
+            c3po_budget=self.c3po.budget,
+            c3po_clip=self.c3po.clip,
+            c3po_kl_coef=self.c3po.kl_coef,
+            c3po_entropy_coef=self.c3po.entropy_coef,
         )
 
     def validate(self) -> None:

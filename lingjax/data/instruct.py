@@ -18,9 +18,10 @@ Batches (SFT and DPO) pack WHOLE sequences into rows (next fit: a sequence that 
 the rest of a row starts the next), never splitting one: int32 [R, L] tokens, labels (the next
 token where that token is trained, i.e. the assistant's; -1 elsewhere), segment_ids (1, 2, ...
 per sequence; 0 = padding), positions; source_ids [R] (0). DPO adds, for the P = R pair slots of
-a batch, pair [R, L] (the slot of each token's pair, -1 = none) and side [R, L] (0 chosen,
-1 rejected), pair_index [P] (the pair's index in the data, -1 = empty slot); a pair's two
-sequences are always in the same batch. The order: each epoch a seeded permutation of the
+a batch, pair [R, L] (the slot of each token's pair, -1 = none; numbered over the global batch:
+process p's slots are p R .. p R + R - 1) and side [R, L] (0 chosen, 1 rejected), pair_index
+[P] (the pair's index in the data, -1 = empty slot); a pair's two sequences are always in the
+same batch. The order: each epoch a seeded permutation of the
 examples (the same on every process), of which process p of P takes p, p+P, ...; the state is
 {"epoch", "next"} (the next example of this process's share), so resume is exact.
 """
@@ -284,12 +285,20 @@ class InstructIterator(grain.DatasetIterator):
         seed: int = 0,
         process_index: int = 0,
         process_count: int = 1,
+        shuffle: bool = True,
+        epochs: int | None = None,
     ):
+        """`shuffle=False, epochs=1`: every example of this process's share once, in order
+        (the last batch partly empty, then StopIteration): a pass over the data."""
         super().__init__()
         if data.kind not in ("sft", "dpo"):
             raise InstructError(f"InstructIterator packs sft or dpo data, not {data.kind}")
         self.data, self.seq_len, self.rows, self.seed = data, seq_len, rows, seed
         self.process_index, self.process_count = process_index, process_count
+        self.shuffle, self.epochs = shuffle, epochs
+        # DPO: the reference's log-probs of every pair, fp32 [pairs, 2] (lingjax/train/dpo.py);
+        # set, each batch carries its slots' as ref_logps [P, 2].
+        self.ref_logps: np.ndarray | None = None
         self.epoch, self.next = 0, 0
         self._order: tuple[int, np.ndarray] | None = None
         self._fingerprint = data.fingerprint()
@@ -300,7 +309,8 @@ class InstructIterator(grain.DatasetIterator):
 
     def _share(self, epoch: int) -> np.ndarray:
         if self._order is None or self._order[0] != epoch:
-            order = permutation(len(self.data), self.seed, epoch)
+            n = len(self.data)
+            order = permutation(n, self.seed, epoch) if self.shuffle else np.arange(n)
             self._order = (epoch, order[self.process_index :: self.process_count])
         return self._order[1]
 
@@ -316,6 +326,10 @@ class InstructIterator(grain.DatasetIterator):
         epoch, nxt = self.epoch, self.next
         row, col = 0, 0
         while True:
+            if self.epochs is not None and epoch >= self.epochs:
+                if not taken:
+                    raise StopIteration
+                break
             share = self._share(epoch)
             if nxt >= len(share):
                 epoch, nxt = epoch + 1, 0
@@ -345,13 +359,18 @@ class InstructIterator(grain.DatasetIterator):
         if self.data.kind == "dpo":
             pair = np.full((R, L), -1, np.int32)
             side = np.zeros((R, L), np.int32)
+            first = self.process_index * R  # pair slots are numbered over the global batch
             for k, (r, seg) in enumerate(placed):
                 on = batch["segment_ids"][r] == seg
-                pair[r, on] = k // 2
+                pair[r, on] = first + k // 2
                 side[r, on] = k % 2
             index = np.full(R, -1, np.int32)
             index[: len(taken)] = taken
             batch.update(pair=pair, side=side, pair_index=index)
+            if self.ref_logps is not None:
+                ref = np.zeros((R, 2), np.float32)
+                ref[: len(taken)] = self.ref_logps[taken]
+                batch["ref_logps"] = ref
         return batch
 
     def get_state(self) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from lingjax.data.sources import open_sources, save_run_tokenizer
 from lingjax.data.tokenizer import save_tokenizer
 from lingjax.model import flops_per_token, peak_flops
 from lingjax.train.anomaly import VERDICT_KEYS, AnomalyMonitor, Outcome
+from lingjax.train.dpo import reference_logprobs
 from lingjax.train.evaluation import EvalInputs, Evaluator, cross_entropy_step
 from lingjax.train.evaluation import check_inputs as check_eval_inputs
 from lingjax.train.faults import FaultPlan
@@ -353,6 +354,7 @@ class _Run(LocalSGDHost):
                 process_index=par.data_index,
                 process_count=par.data_count,
             )
+        self.stream = stream
         self.feeder = RetryFeeder(stream)
         self.mixture = MixtureMeter(cfg.data)  # realised mixture proportions, logged per row
         self.evaluator = None
@@ -411,6 +413,8 @@ class _Run(LocalSGDHost):
                 f"note: no MFU in the logs: the peak FLOP/s of a {jax.devices()[0].device_kind} "
                 "device is unknown; set --config.train.peak_flops_per_device to report it"
             )
+        if t.objective == "dpo":
+            self._dpo_reference()
         self.plan = None
         if self.local:
             ls = t.local_sgd
@@ -437,6 +441,24 @@ class _Run(LocalSGDHost):
         params = jax.device_put(variables["params"], shard.params)
         buffers = jax.device_put(variables.get("buffers", {}), shard.buffers)
         return state.replace(params=params, buffers=buffers)
+
+    def _dpo_reference(self) -> None:
+        """DPO: the reference log-probs of every pair, from the initial weights (the state at
+        step 0; on a resume without the cache, an initial state made again), onto the
+        batches."""
+        t = self.t
+        state = self.state if self.start == 0 else self._init_state()
+        self.stream.ref_logps = reference_logprobs(
+            self.instruct.data,
+            self.par,
+            state.params,
+            state.buffers,
+            model_cfg=self.cfg.model,
+            seq_len=t.seq_len,
+            batch_size=t.batch_size,
+            source=t.init_from or f"a random init (seed {t.seed})",
+            workdir=self.workdir,
+        )
 
     # ------------------------------------------------------------------ the loop
 

@@ -33,7 +33,7 @@ from jaxtyping import Array, Float
 from lingjax.configs import ModelConfig, StepConfig
 from lingjax.model import Transformer, join, moe_counts_by_bias_path
 from lingjax.train import anomaly
-from lingjax.train.losses import total_loss
+from lingjax.train.objectives import objective_loss
 from lingjax.train.optimizer import set_learning_rate
 from lingjax.train.schedules import make_schedule
 from lingjax.train.state import TrainState
@@ -119,15 +119,7 @@ def make_train_step(
             alpha,
             rngs={"routing": rng},
         )
-        loss, parts = total_loss(
-            logits,
-            aux,
-            batch["labels"],
-            batch["segment_ids"],
-            balance_coef=t.balance_coef,
-            z_coef=t.z_coef,
-            mtp_coef=t.mtp_coef,
-        )
+        loss, parts = objective_loss(t.objective, logits, aux, batch, t)
         parts["loss"] = parts["loss"] * loss_scale
         return loss * loss_scale, (parts, aux)
 
