@@ -55,7 +55,9 @@ def main(argv: list[str]) -> None:
     from lingjax.checkpoint.lock import WorkdirLockedError
     from lingjax.configs import ConfigError
     from lingjax.data import CorpusError, TokenizerError
-    from lingjax.train import FaultPlan, TrainingAnomalyError, train  # nothing heavy before
+    from lingjax.posttrain import train  # every objective (C3PO's rollouts included)
+    from lingjax.posttrain.rewards import RewardError
+    from lingjax.train import FaultPlan, TrainingAnomalyError  # nothing heavy before
 
     try:
         faults = FaultPlan.parse(FLAGS.inject_faults)
@@ -70,7 +72,7 @@ def main(argv: list[str]) -> None:
             faults=faults,
             takeover=FLAGS.takeover_workdir,
         )
-    except (ConfigError, CorpusError, TokenizerError, WorkdirLockedError) as e:
+    except (ConfigError, CorpusError, TokenizerError, RewardError, WorkdirLockedError) as e:
         # raised before anything is written (a lost lock: the run stopped at a boundary)
         common.usage_error(str(e))
     except CheckpointSaveError as e:  # a full disk, say: the run stopped, nothing is lost

@@ -881,6 +881,12 @@ class Config:
             not t.local_sgd.enabled,
             f"train.local_sgd with train.objective={t.objective} is not supported: turn one off",
         )
+        _check(
+            t.objective == "sft" or not t.routing_warmup_steps,
+            f"train.routing_warmup_steps={t.routing_warmup_steps} with train.objective="
+            f"{t.objective}: the routing noise would make the trained log-probs differ from the "
+            "reference's (and the rollouts'); set --config.train.routing_warmup_steps=0",
+        )
 
     def _check_local_sgd(self) -> None:
         ls = self.train.local_sgd

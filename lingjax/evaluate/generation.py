@@ -118,11 +118,14 @@ class Generation:
         return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths, strict=True)]
 
 
-def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, ...]:
-    """Left-padded tokens, segment ids (0 = pad) and positions (0.. per prompt), [B, P]."""
+def pad_prompts(
+    prompts: Sequence[Sequence[int]], pad_id: int, pad_to: int = 0
+) -> tuple[np.ndarray, ...]:
+    """Left-padded tokens, segment ids (0 = pad) and positions (0.. per prompt), [B, P] with
+    P = max(longest prompt, pad_to)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    P = max(len(p) for p in prompts)
+    P = max(max(len(p) for p in prompts), pad_to)
     tokens = np.full((len(prompts), P), pad_id, np.int32)
     seg = np.zeros((len(prompts), P), np.int32)
     pos = np.zeros((len(prompts), P), np.int32)
@@ -179,17 +182,19 @@ def generate(
     eos_id: int | None = None,
     pad_id: int = 0,
     seed: int = 0,
+    pad_to: int = 0,
 ) -> Generation:
     """Continue each prompt (a list of token ids) by up to `max_new_tokens` tokens, stopping a
     row at `eos_id` (default model_cfg.eos_id; -1 = never). temperature 0 is greedy; top_p < 1
-    samples from the nucleus. Deterministic for a given seed."""
+    samples from the nucleus. Deterministic for a given seed. `pad_to`: pad the prompts to at
+    least this length, so that calls with prompts of other lengths share one compile."""
     cfg = inference_config(model_cfg)
     prompts = [list(map(int, p)) for p in prompts]
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"temperature={temperature} must be >= 0 and top_p={top_p} in (0, 1]")
-    tokens, seg, pos = pad_prompts(prompts, pad_id)
+    tokens, seg, pos = pad_prompts(prompts, pad_id, pad_to)
     total = tokens.shape[1] + max_new_tokens
     if total > cfg.max_position_embeddings:
         raise ValueError(

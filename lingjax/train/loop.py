@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -53,7 +54,7 @@ from lingjax.train.dpo import reference_logprobs
 from lingjax.train.evaluation import EvalInputs, Evaluator, cross_entropy_step
 from lingjax.train.evaluation import check_inputs as check_eval_inputs
 from lingjax.train.faults import FaultPlan
-from lingjax.train.instruct import Instruct, load_instruct
+from lingjax.train.instruct import Instruct, PolicyAccess, load_instruct
 from lingjax.train.local_host import LocalSGDHost
 from lingjax.train.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from lingjax.train.optimizer import make_optimizer
@@ -171,6 +172,7 @@ def train(
     faults: FaultPlan | None = None,
     target_shardings: Any = None,
     takeover: bool = False,
+    batches: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
     """Train `cfg` until cfg.train.steps steps in `workdir`, resuming what is there.
 
@@ -182,6 +184,9 @@ def train(
         cfg.mesh); None = the layout of lingjax.parallel's rules.
       takeover: take the workdir's writer lock over even while its lease looks fresh (the
         holder's node was lost); a lock left by a dead process is taken over anyway.
+      batches: `batches(cfg, instruct, run)` -> a checkpointable iterator of the run's host
+        batches, made while training from the run's weights (`run.policy()`, ...: the
+        train.instruct.PolicyAccess methods); C3PO's rollouts (lingjax.posttrain.train).
 
     Returns the last logged metrics (host floats) plus "first_loss", "resumed_from" and
     "preempted" (True if a signal stopped the run after saving). Every problem with the config,
@@ -189,6 +194,11 @@ def train(
     """
     cfg.validate()
     _check_faults(cfg, faults)
+    if cfg.train.objective == "c3po" and batches is None:
+        raise ConfigError(
+            "train.objective=c3po makes its batches by rollouts: train with "
+            "lingjax.posttrain.train (python -m lingjax.cli.train does)"
+        )
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir={workdir} is a file, not a directory; pass a directory")
     parallel.check_config(cfg, parallel.mesh_shape(cfg.mesh, jax.device_count()))
@@ -217,7 +227,7 @@ def train(
                 save_run_tokenizer(cfg.data, sources, workdir)
             else:
                 save_tokenizer(instruct.tokenizer, workdir)
-        run = _Run(cfg, workdir, faults or FaultPlan(), par, lock, eval_inputs, instruct)
+        run = _Run(cfg, workdir, faults or FaultPlan(), par, lock, eval_inputs, instruct, batches)
         try:
             return run.run()
         finally:
@@ -311,7 +321,7 @@ def _lock_workdir(workdir: str, takeover: bool) -> WorkdirLock | None:
     return lock
 
 
-class _Run(LocalSGDHost):
+class _Run(LocalSGDHost, PolicyAccess):
     def __init__(
         self,
         cfg: Config,
@@ -321,9 +331,11 @@ class _Run(LocalSGDHost):
         lock: WorkdirLock | None = None,
         eval_inputs: EvalInputs | None = None,
         instruct: Instruct | None = None,
+        batches: Callable[..., Any] | None = None,
     ):
         self.cfg, self.workdir, self.faults, self.par, self.lock = cfg, workdir, faults, par, lock
-        self.eval_inputs, self.instruct = eval_inputs, instruct
+        self.eval_inputs, self.instruct, self.make_batches = eval_inputs, instruct, batches
+        self.steps_run = 0  # steps this process dispatched (post-training sources read it)
         self.t = cfg.train
         self.acfg = cfg.train.anomaly
         self.writer = None
@@ -343,7 +355,9 @@ class _Run(LocalSGDHost):
             self.put_batch = lambda batch, whole=True: par.put_batch(device_inputs(batch), whole)
         else:
             self.put_batch = lambda batch, whole=True: par.put_batch(device_inputs(batch))
-        if self.instruct is not None:
+        if self.make_batches is not None:
+            stream = self.make_batches(cfg, self.instruct, self)
+        elif self.instruct is not None:
             stream = self.instruct.batches(t, par.data_index, par.data_count, cfg.data.seed)
         else:
             stream = make_train_iterator(
@@ -536,6 +550,7 @@ class _Run(LocalSGDHost):
                 # The step already ran (a sync in it happened on every process): keep it.
                 new_state = self._reset_replicas(new_state, step)
             self.state = new_state
+            self.steps_run += 1
             pending = _Pending(step, batch, entry, metrics, synced)
             step += 1
             if compiled:
@@ -669,6 +684,8 @@ class _Run(LocalSGDHost):
         )
         row["slow_steps"] = self.slow.slow_steps
         row.update(self.mixture.metrics())
+        if hasattr(self.stream, "metrics"):  # a post-training source's (rollout statistics)
+            row.update(self.stream.metrics())
         if evaluate:  # val_loss, capability/..., task/...; its time stays out of the step timer
             t0 = time.perf_counter()
             row.update(self.evaluator(self._global_view(), step))
