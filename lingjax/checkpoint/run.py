@@ -108,8 +108,9 @@ def load_run(
     sharding: Any = None,
     log: Callable[[str], None] = print,
 ) -> tuple[ModelConfig, dict[str, Any]]:
-    """(model config, {"params", "buffers"}) of a training run's checkpoint `step` (default: the
-    newest that restores; newer ones that fail are reported through `log` and skipped), on the
+    """(model config, {"params", "buffers"}) of a training run's checkpoint `step` (a full
+    checkpoint or a params-only copy; default: the newest full checkpoint that restores; newer
+    ones that fail are reported through `log` and skipped), on the
     first device (or `sharding`), ready for `lingjax.generate`, `lingjax.save_hf` or a merge.
     CheckpointError if none restores."""
     workdir = os.fspath(workdir)
@@ -118,10 +119,13 @@ def load_run(
     steps = [step] if step is not None else list(reversed(saved_steps(directory)))
     if not steps:
         raise CheckpointError(f"no checkpoint in {directory}; train longer or save one first")
+    copies = os.path.join(workdir, PARAMS_CHECKPOINT_DIR)
     errors = []
     for s in steps:
+        # An explicit step may be a params-only copy (checkpoint.params_every_steps).
+        where = copies if step is not None and s in saved_steps(copies) else directory
         try:
-            return cfg, restore_variables(directory, s, cfg, sharding)
+            return cfg, restore_variables(where, s, cfg, sharding)
         except Exception as e:  # orbax and tensorstore raise many types: try the previous one
             errors.append(f"  step {s}: {first_line(e)}")
             if step is None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lingjax import configs
+from lingjax.checkpoint import load
 from lingjax.posttrain import train
 from lingjax.posttrain.selection import checkpoint_entropies, select_by_entropy
 from lingjax.train.dpo import REFERENCE_FILE
@@ -96,6 +97,8 @@ def test_sft_trains_the_assistants_tokens_and_entropy_selects_a_checkpoint(sft, 
     assert pick["step"] == 4 and pick["in_band"]  # the latest in the band
     far = select_by_entropy(ent, band=(0.0, 0.0))
     assert not far["in_band"] and far["entropy"] == min(r["entropy"] for r in ent)
+    _, variables = load(sft, step=2)  # a params-only copy: what RL starts from after a pick
+    assert "params" in variables
 
 
 def test_dpo_caches_the_reference_and_resumes_from_it(sft, files, tmp_path):
