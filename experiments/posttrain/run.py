@@ -2,16 +2,17 @@
 checkpoint to start RL from by its entropy, then C3PO on addition prompts with an exact-match
 reward. Does the reward rise, and does every optimiser step train exactly Phi tokens?
 
-    .venv/bin/python experiments/posttrain/run.py               # ~15 minutes on 2 CPU cores
+    .venv/bin/python experiments/posttrain/run.py               # ~8 minutes on 2 CPU cores
     .venv/bin/python experiments/posttrain/run.py --plot_only   # redraw posttrain.png
 
 Data (generated, seeded): "a+b=" with a, b in [0, --max_operand) (20: 400 sums); 4,000 SFT
 conversations, 1,000 RL prompts, 100 held-out sums (no pair of the held-out set is in the
-others) and 200 probe conversations for the entropy. The byte tokenizer, the "plain" chat template. SFT: tiny with
-one device, batch 16 x 64, a params copy every 50 steps. Selection: the checkpoints' mean
-token entropy on the probe, Ring-lite's band 0.3-0.5 nats. C3PO from the pick: K = 8 samples
-of 8 prompts per draw, Phi = 256 response tokens a step, temperature 1, Ring-lite's eps 0.2,
-KL 1e-3, entropy 5e-4. Held-out accuracy: greedy answers of the SFT pick and of the RL model.
+others) and 200 probe conversations for the entropy. The byte tokenizer, the "plain" chat
+template. SFT: tiny with one device, batch 16 x 64, a params copy every 50 steps. Selection:
+the checkpoints' mean token entropy on the probe, Ring-lite's band 0.3-0.5 nats. C3PO from
+the pick: K = 8 samples of 8 prompts per draw, Phi = 256 response tokens a step, temperature
+1, Ring-lite's eps 0.2, KL 1e-3, entropy 5e-4. Held-out accuracy: greedy answers of the SFT
+pick and of the RL model.
 Writes results.json and posttrain.png beside this file (runs under --out, restartable).
 """
 
