@@ -6,7 +6,11 @@ impls:
 - "ragged_dot": XLA's own ops (`jax.lax.ragged_dot` for gmm; routing and permute have no
   dedicated XLA op, so this is their jnp path, the same as "reference").
 - "reference": the pure-jnp oracle in each folder's reference.py (also the CPU path).
-- "auto": "pallas" on GPU and TPU, "reference" elsewhere.
+- "auto": on GPU and TPU the impl the measured table `MEASURED` names for that backend, and
+  until a kernel has been compiled and timed there, "ragged_dot" (XLA's ops: correct, if
+  slow); "reference" elsewhere. No Pallas kernel of this package has yet been compiled on a
+  GPU or a TPU (experiments/bench/RESULTS.md), so the table is empty: `auto` never picks an
+  untried kernel. A GPU/TPU measurement adds its row here, with the benchmark that shows it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Literal
 import jax
 
 IMPLS = ("auto", "pallas", "ragged_dot", "reference")
+# {backend: impl "auto" means there}, from measurements recorded in experiments/bench/RESULTS.md.
+MEASURED: dict[str, str] = {}
 Backend = Literal["gpu", "tpu", "interpret"]
 
 
@@ -30,7 +36,10 @@ def resolve(op: str, impl: str) -> str:
     """The concrete impl ("pallas", "ragged_dot" or "reference") that `impl` means here."""
     check_impl(op, impl)
     if impl == "auto":
-        return "pallas" if jax.default_backend() in ("gpu", "tpu") else "reference"
+        backend = jax.default_backend()
+        if backend in ("gpu", "tpu"):
+            return MEASURED.get(backend, "ragged_dot")
+        return "reference"
     return impl
 
 

@@ -208,8 +208,13 @@ def test_pallas_kernels_lower_for_gpu_and_tpu_without_a_device(dtype):
     assert lower_for_tpu(fwd_bwd("tpu"), *args).count(MOSAIC_CALL) == 3
 
 
-def test_auto_means_pallas_on_gpu_and_tpu(monkeypatch):
-    for backend, want in (("gpu", "pallas"), ("tpu", "pallas"), ("cpu", "reference")):
+def test_auto_never_picks_a_kernel_untried_on_its_backend(monkeypatch):
+    # No Pallas kernel has been compiled on a GPU or TPU yet: XLA's ops there, until a
+    # measurement puts a row in _impl.MEASURED.
+    for backend, want in (("gpu", "ragged_dot"), ("tpu", "ragged_dot"), ("cpu", "reference")):
         monkeypatch.setattr(_impl.jax, "default_backend", lambda b=backend: b)
         assert _impl.resolve("gmm", "auto") == want
         assert _impl.pallas_backend() == ("interpret" if backend == "cpu" else backend)
+    monkeypatch.setitem(_impl.MEASURED, "gpu", "pallas")
+    monkeypatch.setattr(_impl.jax, "default_backend", lambda: "gpu")
+    assert _impl.resolve("gmm", "auto") == "pallas"

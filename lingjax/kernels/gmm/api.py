@@ -8,7 +8,8 @@ impls (lingjax/kernels/_impl.py):
   drhs the transposed "tgmm" kernel.
 - "ragged_dot": `jax.lax.ragged_dot` (XLA; on XLA:CPU it does G-fold dense work).
 - "reference": pure jnp, cost independent of G (see reference.py); the oracle and CPU path.
-- "auto": "pallas" on GPU and TPU, "reference" elsewhere.
+- "auto": XLA's ops on GPU and TPU until a measurement there names the kernel to use
+  (_impl.MEASURED), "reference" elsewhere.
 """
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ Letters: T tokens, K top-k, E experts, M sorted rows (= T*K), D model dim.
 
 impls (lingjax.kernels._impl): "pallas" (the row gather and the weighted combine as Pallas
 kernels: kernel.py on GPU and in CPU interpret mode, kernel_tpu.py on TPU; forward and
-backward), "ragged_dot" and "reference" (pure jnp gathers), "auto" ("pallas" on GPU/TPU, else
-"reference"). All share reference.make_row_movers' custom_vjps; the argsort and the group
-sizes (small int vectors) stay in jnp.
+backward), "ragged_dot" and "reference" (pure jnp gathers), "auto" (the jnp path on GPU/TPU
+until a measurement there names the kernel, _impl.MEASURED; "reference" elsewhere). All
+share reference.make_row_movers' custom_vjps; the argsort and the group sizes (small int
+vectors) stay in jnp.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Letters: T tokens, K top-k, E experts.
 
 impls (lingjax.kernels._impl): "pallas" (kernel.py: Triton on GPU, Mosaic on TPU, the GPU
-layout in interpret mode elsewhere), "ragged_dot" and "reference" (pure jnp), "auto" ("pallas"
-on GPU/TPU, else "reference").
+layout in interpret mode elsewhere), "ragged_dot" and "reference" (pure jnp), "auto" (the jnp path
+on GPU/TPU until a measurement there names the kernel, _impl.MEASURED; "reference" elsewhere).
 """
 
 from __future__ import annotations
