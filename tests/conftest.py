@@ -67,3 +67,18 @@ def corpus_dir(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("corpus") / "stdlib80"
     write_corpus(docs, str(out), tokenizer=tok.name, vocab_size=tok.vocab_size, domain="code")
     return str(out)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu`/`tpu`-marked tests run only where JAX's default backend is that accelerator
+    (the device machine runs them with JAX_PLATFORMS=cuda, experiments/bench/gpu_check.sh);
+    elsewhere they are collected and skipped with the reason."""
+    backend = jax.default_backend()
+    for item in items:
+        for mark, want in (("gpu", "gpu"), ("tpu", "tpu")):
+            if mark in item.keywords and backend != want:
+                item.add_marker(
+                    pytest.mark.skip(
+                        reason=f"needs a {want.upper()}; this run's backend is {backend}"
+                    )
+                )

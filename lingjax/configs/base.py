@@ -12,7 +12,7 @@ import math
 from typing import Literal
 
 ScoreFunction = Literal["softmax", "sigmoid"]
-KernelImpl = Literal["auto", "reference", "ragged_dot", "pallas"]
+KernelImpl = Literal["auto", "reference", "ragged_dot", "pallas", "tokamax"]
 EPTransport = Literal["auto", "ragged_all_to_all", "ring"]
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 Schedule = Literal["cosine", "wsd", "constant"]

@@ -10,13 +10,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.pallas import mosaic_gpu as plgpu
 from jax.experimental.pallas import tpu as pltpu
 
 from lingjax.kernels import _impl, gmm
-from lingjax.kernels.gmm import IMPLS, reference
-from lingjax.kernels.gmm.api import Pallas, pallas_gmm
+from lingjax.kernels.gmm import IMPLS, kernel_mgpu, reference
+from lingjax.kernels.gmm.api import Pallas, gpu_kernels, pallas_gmm
 from lingjax.kernels.gmm.tiling import Tiles
-from tests.support.gpu_lowering import MOSAIC_CALL, TRITON_CALL, lower_for_cuda, lower_for_tpu
+from tests.support.gpu_lowering import (
+    MOSAIC_CALL,
+    MOSAIC_GPU_CALL,
+    TRITON_CALL,
+    lower_for_cuda,
+    lower_for_tpu,
+)
 from tests.support.tolerances import assert_close
 
 
@@ -59,6 +66,11 @@ _IMPL_FNS["pallas-gpu-small-tiles"] = _pallas("interpret", Tiles(16, 16, 16))
 # The TPU (Mosaic) kernels in TPU interpret mode, which fills never-written memory with NaN
 # and raises on out-of-bounds reads; 16-row tiles (the smallest bf16-aligned ones).
 _IMPL_FNS["pallas-tpu-interpret"] = _pallas("tpu", Tiles(16, 128, 128), pltpu.InterpretParams())
+# The Hopper (Mosaic GPU) kernels in GPU interpret mode (TMA, barriers and wgmma simulated on
+# the CPU), 16-bit only; 64-row tiles, the smallest wgmma takes: tiles shared by 2+ groups.
+_IMPL_FNS["pallas-mosaic-gpu-interpret"] = _pallas(
+    "mosaic_gpu", Tiles(64, 64, 64), plgpu.InterpretGPUParams()
+)
 # Tiny tiles on small shapes: many size classes, several tiles per loop step, padded steps.
 _IMPL_FNS["reference-tiny-tiles"] = functools.partial(
     reference.gmm, tile_min=2, tile_max=16, rows_per_step=8
@@ -100,11 +112,15 @@ _CASES = [(s, jnp.float32) for s in _SHAPES] + [(s, jnp.bfloat16) for s in _SHAP
 
 
 # Tiny tiles (4 size classes, several tiles per step) on one fp32 and one bf16 case.
-_PARAMS = [(impl, s, d) for impl in ("reference", "ragged_dot", "pallas") for s, d in _CASES] + [
-    (impl, shape, dtype)
-    for impl in ("reference-tiny-tiles", "pallas-gpu-small-tiles", "pallas-tpu-interpret")
-    for shape, dtype in ((_SHAPES[1], jnp.float32), (_SHAPES[0], jnp.bfloat16))
-]
+_PARAMS = (
+    [(impl, s, d) for impl in ("reference", "ragged_dot", "pallas") for s, d in _CASES]
+    + [
+        (impl, shape, dtype)
+        for impl in ("reference-tiny-tiles", "pallas-gpu-small-tiles", "pallas-tpu-interpret")
+        for shape, dtype in ((_SHAPES[1], jnp.float32), (_SHAPES[0], jnp.bfloat16))
+    ]
+    + [("pallas-mosaic-gpu-interpret", s, jnp.bfloat16) for s in (_SHAPES[1], _SHAPES[3])]
+)
 
 
 @pytest.mark.parametrize(("impl", "shape", "dtype"), _PARAMS)
@@ -153,7 +169,7 @@ def test_auto_is_reference_on_cpu_and_bad_arguments_raise():
     gs = jnp.array([7, 13], jnp.int32)
     auto, ref = (jax.jit(functools.partial(gmm, impl=i)) for i in ("auto", "reference"))
     np.testing.assert_array_equal(auto(lhs, rhs, gs), ref(lhs, rhs, gs))
-    assert IMPLS == ("auto", "pallas", "ragged_dot", "reference")
+    assert IMPLS == ("auto", "pallas", "ragged_dot", "reference", "tokamax")
     with pytest.raises(ValueError, match="valid impls are auto, pallas, ragged_dot, reference"):
         gmm(lhs, rhs, gs, impl="triton")
     with pytest.raises(ValueError, match="same K"):
@@ -206,6 +222,37 @@ def test_pallas_kernels_lower_for_gpu_and_tpu_without_a_device(dtype):
 
     assert lower_for_cuda(fwd_bwd("gpu"), *args).count(TRITON_CALL) == 3
     assert lower_for_tpu(fwd_bwd("tpu"), *args).count(MOSAIC_CALL) == 3
+    if dtype == jnp.bfloat16:  # the Hopper kernels take 16-bit operands only
+        assert lower_for_cuda(fwd_bwd("mosaic_gpu"), *args).count(MOSAIC_GPU_CALL) == 3
+
+
+def test_pallas_on_gpu_runs_mosaic_on_hopper_for_16_bit_and_triton_otherwise():
+    assert gpu_kernels(jnp.bfloat16, "9.0") == "mosaic_gpu"
+    assert gpu_kernels(jnp.float16, "9.0") == "mosaic_gpu"
+    assert gpu_kernels(jnp.float32, "9.0") == "gpu"  # wgmma would round fp32 to TF32
+    assert gpu_kernels(jnp.bfloat16, "8.0") == "gpu"  # no wgmma before Hopper
+    assert gpu_kernels(jnp.bfloat16, "10.0") == "gpu"  # nor on Blackwell (tcgen05)
+    assert gpu_kernels(jnp.bfloat16, None) == "gpu"
+    lhs = jnp.ones((8, 8), jnp.float32)
+    with pytest.raises(ValueError, match="fp32 runs on the Triton kernel"):
+        kernel_mgpu.gmm(lhs, jnp.ones((1, 8, 8), jnp.float32), jnp.array([8], jnp.int32))
+
+
+def test_tokamax_impl_keeps_gmm_contract_or_names_the_extra_to_install():
+    lhs = jax.random.normal(jax.random.key(0), (40, 8))
+    rhs = jax.random.normal(jax.random.key(1), (3, 8, 4))
+    gs = jnp.array([10, 0, 25], jnp.int32)  # 5 trailing rows: zero
+    assert _impl.resolve("route", "tokamax") == "ragged_dot"  # no tokamax op: the XLA path
+    assert _impl.resolve("gmm", "tokamax") == "tokamax"
+    try:
+        import tokamax  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"pip install 'lingjax\[gpu\]'"):
+            gmm(lhs, rhs, gs, impl="tokamax")
+        return
+    out = jax.jit(functools.partial(gmm, impl="tokamax"))(lhs, rhs, gs)
+    assert_close(out, gmm(lhs, rhs, gs, impl="reference"))
+    assert not np.any(np.asarray(out[35:]))
 
 
 def test_auto_never_picks_a_kernel_untried_on_its_backend(monkeypatch):

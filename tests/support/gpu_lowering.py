@@ -16,6 +16,7 @@ H100 = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platfo
 TPU_V5E = AbstractDevice(device_kind="TPU v5 lite", num_cores=1, platform="tpu")
 TRITON_CALL = "__gpu$xla.gpu.triton"
 MOSAIC_CALL = "tpu_custom_call"
+MOSAIC_GPU_CALL = "@mosaic_gpu_v2"  # Pallas Mosaic GPU (Hopper) kernels
 
 
 def _lower(fn, args, device: AbstractDevice, platform: str) -> str:
@@ -26,7 +27,7 @@ def _lower(fn, args, device: AbstractDevice, platform: str) -> str:
 
 def lower_for_cuda(fn, *args: jax.ShapeDtypeStruct) -> str:
     """StableHLO text of jit(fn) lowered for CUDA (an H100); Triton kernels appear as custom
-    calls to TRITON_CALL. `args` are ShapeDtypeStructs."""
+    calls to TRITON_CALL, Mosaic GPU ones as MOSAIC_GPU_CALL. `args` are ShapeDtypeStructs."""
     return _lower(fn, args, H100, "cuda")
 
 

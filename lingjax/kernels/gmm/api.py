@@ -3,9 +3,13 @@
 Letters: M sorted rows, K contraction dim, N output dim, G groups.
 
 impls (lingjax/kernels/_impl.py):
-- "pallas": kernel_gpu.py (Triton) on GPU, kernel_tpu.py (Mosaic) on TPU, kernel_gpu.py in
-  interpret mode elsewhere. Backward: dlhs is the same kernel against rhs transposed in place,
-  drhs the transposed "tgmm" kernel.
+- "pallas": on a Hopper GPU (compute capability 9.x) with bf16/fp16 operands kernel_mgpu.py
+  (Mosaic GPU: TMA + wgmma); on other GPUs, and for fp32 (which wgmma would round to TF32),
+  kernel_gpu.py (Triton, deprecated by jax >= 0.11 but the only Pallas GPU path before
+  Hopper); kernel_tpu.py (Mosaic) on TPU; kernel_gpu.py in interpret mode elsewhere.
+  Backward: dlhs is the same kernel against rhs transposed in place, drhs the transposed
+  "tgmm" kernel.
+- "tokamax": `tokamax.ragged_dot` (optional extra `lingjax[gpu]`), its own kernels and VJP.
 - "ragged_dot": `jax.lax.ragged_dot` (XLA; on XLA:CPU it does G-fold dense work).
 - "reference": pure jnp, cost independent of G (see reference.py); the oracle and CPU path.
 - "auto": XLA's ops on GPU and TPU until a measurement there names the kernel to use
@@ -24,21 +28,43 @@ from jax.typing import DTypeLike
 from jaxtyping import Array, Float, Int
 
 from lingjax.kernels._impl import IMPLS, pallas_backend, resolve
-from lingjax.kernels.gmm import kernel_gpu, kernel_tpu, reference
+from lingjax.kernels.gmm import kernel_gpu, kernel_mgpu, kernel_tpu, reference
 from lingjax.kernels.gmm.tiling import Tiles
 
 __all__ = ["IMPLS", "Pallas", "gmm", "pallas_gmm"]
 
 
+def gpu_kernels(dtype: DTypeLike, compute_capability: str | None) -> str:
+    """Which GPU kernels "pallas" runs: "mosaic_gpu" on Hopper (sm 9.x) for 16-bit operands,
+    else "gpu" (Triton): fp32 must not be rounded to TF32, and wgmma is Hopper's alone."""
+    hopper = compute_capability is not None and compute_capability.split(".")[0] == "9"
+    return "mosaic_gpu" if hopper and jnp.dtype(dtype).itemsize == 2 else "gpu"
+
+
+def _compute_capability() -> str | None:
+    return getattr(jax.devices()[0], "compute_capability", None)
+
+
 class Pallas(NamedTuple):
     """Which Pallas kernels run and how (static: a custom_vjp non-differentiable argument)."""
 
-    backend: str  # "gpu", "tpu" or "interpret" (the GPU kernels in interpret mode)
+    # "gpu" (Triton), "mosaic_gpu" (Hopper), "tpu", or "interpret" (Triton in interpret mode)
+    backend: str
     out_dtype: jnp.dtype
     tiles: Tiles | None = None  # None: the backend's defaults
-    interpret: object = None  # for "tpu": e.g. pltpu.InterpretParams() to run on CPU
+    # "tpu": e.g. pltpu.InterpretParams(), "mosaic_gpu": plgpu.InterpretGPUParams() (CPU runs)
+    interpret: object = None
 
     def kernels(self):
+        if self.backend == "mosaic_gpu":
+            kw = {"interpret": self.interpret}
+            if self.interpret is None:
+                kw["sms"] = kernel_mgpu.num_sms()
+            if self.tiles is not None:  # gmm and tgmm have their own default tiles
+                kw["tiles"] = self.tiles
+            return functools.partial(kernel_mgpu.gmm, **kw), functools.partial(
+                kernel_mgpu.tgmm, **kw
+            )
         module = kernel_tpu if self.backend == "tpu" else kernel_gpu
         tiles = module.TILES if self.tiles is None else self.tiles
         if self.backend == "tpu":
@@ -73,6 +99,27 @@ def _pallas_gmm_bwd(p, res, dout_MN):
 
 
 pallas_gmm.defvjp(_pallas_gmm_fwd, _pallas_gmm_bwd)
+
+
+def _tokamax():
+    try:
+        import tokamax
+    except ImportError as e:
+        raise ImportError(
+            "gmm impl='tokamax' needs the tokamax package, an optional extra: pip install "
+            "'lingjax[gpu]' (or pick impl=auto, pallas, ragged_dot or reference)"
+        ) from e
+    return tokamax
+
+
+def tokamax_gmm(lhs_MK, rhs_GKN, group_sizes_G, out_dtype):
+    """`tokamax.ragged_dot` under gmm's contract: fp32 accumulation, rows past
+    sum(group_sizes) zero (tokamax's kernels may leave them unwritten)."""
+    tokamax = _tokamax()
+    gs = group_sizes_G.astype(jnp.int32)
+    out = tokamax.ragged_dot(lhs_MK, rhs_GKN, gs, preferred_element_type=jnp.float32)
+    rows = lax.broadcasted_iota(jnp.int32, (lhs_MK.shape[0], 1), 0)
+    return jnp.where(rows < jnp.sum(gs), out, 0.0).astype(out_dtype)
 
 
 def gmm(
@@ -122,8 +169,13 @@ def gmm(
             lhs_MK, rhs_GKN, group_sizes_G.astype(jnp.int32), preferred_element_type=jnp.float32
         )
         return out.astype(out_dtype)
+    if impl == "tokamax":
+        return tokamax_gmm(lhs_MK, rhs_GKN, group_sizes_G, out_dtype)
     if impl == "pallas" and lhs_MK.shape[0] > 0:
         dtype = jnp.promote_types(lhs_MK.dtype, rhs_GKN.dtype)
-        p = Pallas(pallas_backend(), jnp.dtype(out_dtype))
+        backend = pallas_backend()
+        if backend == "gpu":
+            backend = gpu_kernels(dtype, _compute_capability())
+        p = Pallas(backend, jnp.dtype(out_dtype))
         return pallas_gmm(p, lhs_MK.astype(dtype), rhs_GKN.astype(dtype), group_sizes_G)
     return reference.gmm(lhs_MK, rhs_GKN, group_sizes_G, preferred_element_type=out_dtype)
