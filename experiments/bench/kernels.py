@@ -2,9 +2,13 @@
 the same FLOPs (the baseline, measured in the same run), `jax.lax.ragged_dot`, tokamax's
 ragged_dot when it is installed, and the pure-jnp reference.
 
-    .venv/bin/python experiments/bench/kernels.py                      # GPU/TPU: full shapes
-    .venv/bin/python experiments/bench/kernels.py --tokens 256 --shrink 16 --impls pallas,reference
-                                                                        # CPU smoke run
+    python experiments/bench/kernels.py               # GPU/TPU: full shapes, 16k and 64k tokens
+    python experiments/bench/kernels.py --dry-run     # CPU: 256 tokens, shapes / 16, interpret
+    (--markdown FILE appends the table to FILE; experiments/bench/gpu_check.sh uses it)
+
+impls: "pallas" is what moe.impl=pallas runs (the Mosaic GPU kernels on a Hopper GPU for
+bf16, Triton otherwise), "triton" the Triton kernels on any GPU, "tokamax" tokamax's own
+ragged_dot (when installed), "ragged_dot" XLA's, "reference" lingjax's pure-jnp one.
 
 Shapes (the first expert matmul of a layer, x[T*k, H] @ W[E, H, F], and the whole expert
 SwiGLU's three matmuls share these ratios):
@@ -14,7 +18,8 @@ Group sizes come from routing random logits with a random per-expert offset (a m
 imbalanced load, like a model early in training); the max/mean load is printed.
 
 Columns: ms per call (median), TFLOP/s, and "x dense" = this impl's TFLOP/s over the dense
-matmul's (forward: one [T*k, H] @ [H, F] dot; fwd+bwd: that dot's value_and_grad, 3x the FLOPs).
+matmul's (forward: one [T*k, H] @ [H, F] dot; fwd+bwd: that dot's value_and_grad, 3x the FLOPs);
+"x tokamax" and "x ragged_dot" likewise against those impls, forward+backward.
 Targets on an H100 (issue 3): pallas >= 0.7x dense, >= 1.0x tokamax, >= 5x ragged_dot.
 """
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import sys
 from collections.abc import Callable
 
 import jax
@@ -30,6 +36,7 @@ import jax.numpy as jnp
 from timing import timed
 
 from lingjax.kernels import RoutingSpec, gmm, route
+from lingjax.kernels.gmm.api import Pallas, pallas_gmm
 
 SHAPES = {
     "ling-mini-2.0": dict(
@@ -51,10 +58,23 @@ def tokamax_ragged_dot() -> Callable | None:
     return lambda lhs, rhs, gs: tokamax.ragged_dot(lhs, rhs, gs)
 
 
+def triton_gmm(lhs, rhs, gs):
+    """The Triton kernels whatever the GPU (what "pallas" runs before Hopper and for fp32)."""
+    backend = "gpu" if jax.default_backend() == "gpu" else "interpret"
+    return pallas_gmm(Pallas(backend, lhs.dtype), lhs, rhs, gs)
+
+
 def gmm_fns(impls: list[str]) -> dict[str, Callable]:
-    fns = {impl: functools.partial(gmm, impl=impl) for impl in impls if impl != "tokamax"}
-    if "tokamax" in impls and (tk := tokamax_ragged_dot()) is not None:
-        fns["tokamax"] = tk
+    """{name: gmm}; "pallas" is what impl="pallas" picks (Mosaic GPU on Hopper for 16-bit)."""
+    fns = {}
+    for impl in impls:
+        if impl == "tokamax":
+            if (tk := tokamax_ragged_dot()) is not None:
+                fns["tokamax"] = tk
+        elif impl == "triton":
+            fns["triton"] = triton_gmm
+        else:
+            fns[impl] = functools.partial(gmm, impl=impl)
     return fns
 
 
@@ -75,65 +95,107 @@ def routed_group_sizes(T: int, shape: dict, key) -> tuple[jax.Array, jax.Array]:
     return logits, r.counts
 
 
-def row(name: str, seconds: float, flops: float, dense_tflops: float | None) -> str:
-    tflops = flops / seconds / 1e12
-    ratio = "" if dense_tflops is None else f"{tflops / dense_tflops:8.2f}"
-    return f"  {name:<24} {1e3 * seconds:10.3f} {tflops:9.2f} {ratio}"
-
-
-def bench_shape(name: str, shape: dict, T: int, fns: dict, dtype, repeats: int) -> None:
+def bench_shape(name: str, shape: dict, T: int, fns: dict, dtype, repeats: int) -> list[dict]:
+    """One shape: the dense baseline, then every impl, forward and forward+backward."""
     H, F, E, k = shape["H"], shape["F"], shape["E"], shape["k"]
     M = T * k
     keys = jax.random.split(jax.random.key(T), 4)
     logits, gs = routed_group_sizes(T, shape, keys[0])
     lhs = jax.random.normal(keys[1], (M, H), dtype)
     rhs = (jax.random.normal(keys[2], (E, H, F)) / H**0.5).astype(dtype)
-    dense_w = rhs[0]
     load = float(gs.max()) / (M / E)
-    print(
-        f"\n{name}: T={T} rows={M} H={H} F={F} E={E} k={k} {jnp.dtype(dtype).name} "
-        f"max/mean load {load:.2f}"
-    )
-    print(f"  {'impl':<24} {'ms':>10} {'TFLOP/s':>9} {'x dense':>8}")
+    label = f"{name} (H {H}, F {F}, E {E}, k {k}), T {T}, max/mean load {load:.2f}"
+    print(f"{label} ...", file=sys.stderr, flush=True)
     flops = 2.0 * M * H * F
-    dense_fwd, dense_fwd_bwd = fwd_and_fwd_bwd(lambda a, b, _: a @ b)
-    for label, mult, pick in (("fwd", 1, 0), ("fwd+bwd", 3, 1)):
-        dense = timed((dense_fwd, dense_fwd_bwd)[pick], lhs, dense_w, gs, repeats=repeats)
-        dense_tflops = mult * flops / dense / 1e12
-        print(row(f"dense {label}", dense, mult * flops, dense_tflops))
-        for impl, fn in fns.items():
+    fns = {"dense": lambda a, b, _: a @ b, **fns}  # one [H, F] weight: the same FLOPs
+    rows = []
+    for impl, fn in fns.items():
+        r = {"shape": label, "impl": impl}
+        for pick, (kind, mult) in enumerate((("fwd", 1), ("fwd+bwd", 3))):
             try:
-                s = timed(fwd_and_fwd_bwd(fn)[pick], lhs, rhs, gs, repeats=repeats)
-            except Exception as e:
-                print(f"  {impl + ' ' + label:<24} failed: {type(e).__name__}: {str(e)[:120]}")
+                w = rhs[0] if impl == "dense" else rhs
+                s = timed(fwd_and_fwd_bwd(fn)[pick], lhs, w, gs, repeats=repeats)
+            except Exception as e:  # one impl failing must not hide the others
+                r[kind] = f"failed: {type(e).__name__}: {str(e).strip()[:100]}"
                 continue
-            print(row(f"{impl} {label}", s, mult * flops, dense_tflops))
+            r[kind] = (1e3 * s, mult * flops / s / 1e12)
+        rows.append(r)
     for impl in ("reference", "pallas"):
         spec = RoutingSpec(k=k, **shape["router"])
         fn = jax.jit(functools.partial(route, bias_E=None, spec=spec, impl=impl))
         try:
-            s = timed(fn, logits, repeats=repeats)
+            rows.append(
+                {
+                    "shape": label,
+                    "impl": f"route {impl}",
+                    "fwd": (1e3 * timed(fn, logits, repeats=repeats), None),
+                }
+            )
         except Exception as e:
-            print(f"  {'route ' + impl:<24} failed: {type(e).__name__}: {str(e)[:120]}")
-            continue
-        print(f"  {'route ' + impl:<24} {1e3 * s:10.3f}")
+            rows.append(
+                {
+                    "shape": label,
+                    "impl": f"route {impl}",
+                    "fwd": f"failed: {type(e).__name__}: {str(e).strip()[:100]}",
+                }
+            )
+    return rows
 
 
-def main() -> None:
+def markdown(rows: list[dict]) -> str:
+    """The table: ms and TFLOP/s, and ratios against dense, tokamax and ragged_dot of the same
+    shape and pass (rows of one shape come from one run)."""
+    out = [
+        "| shape | impl | fwd ms | fwd TFLOP/s | fwd x dense | fwd+bwd ms | fwd+bwd TFLOP/s "
+        "| fwd+bwd x dense | x tokamax | x ragged_dot |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = {(r["shape"], r["impl"]): r for r in rows}
+
+    def ratio(r, other, kind="fwd+bwd"):
+        mine, theirs = r.get(kind), base.get((r["shape"], other), {}).get(kind)
+        measured = all(isinstance(v, tuple) and v[1] for v in (mine, theirs))
+        if measured and r["impl"] != other:
+            return f"{mine[1] / theirs[1]:.2f}"
+        return ""
+
+    def cell(v):
+        if isinstance(v, tuple):
+            ms, tf = v
+            return f"{ms:.3f}", "" if tf is None else f"{tf:.1f}"
+        return (v or "", "")
+
+    for r in rows:
+        fwd, bwd = cell(r.get("fwd")), cell(r.get("fwd+bwd"))
+        cells = [r["shape"], r["impl"], *fwd, ratio(r, "dense", "fwd"), *bwd]
+        cells += [ratio(r, "dense"), ratio(r, "tokamax"), ratio(r, "ragged_dot")]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(SHAPES))
     ap.add_argument("--tokens", default="16384,65536", help="comma-separated token counts")
-    ap.add_argument("--impls", default="pallas,ragged_dot,tokamax,reference")
+    ap.add_argument("--impls", default="pallas,triton,ragged_dot,tokamax,reference")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--shrink", type=int, default=1, help="divide H, F and E by this (CPU runs)")
     ap.add_argument("--repeats", type=int, default=10)
-    a = ap.parse_args()
+    ap.add_argument(
+        "--dry-run", action="store_true", help="CPU: 256 tokens, shapes / 16, interpret mode"
+    )
+    ap.add_argument("--markdown", default="", help="also append the table to this file")
+    a = ap.parse_args(argv)
+    if a.dry_run:
+        a.tokens, a.shrink, a.impls, a.repeats = "256", 16, "pallas,reference", 2
     dev = jax.devices()[0]
-    print(
-        f"# {datetime.date.today()} {dev.platform} {dev.device_kind}, jax {jax.__version__}, "
-        f"impls {a.impls}, tokamax {'yes' if tokamax_ragged_dot() else 'not installed'}"
+    head = (
+        f"gmm at Ling expert shapes, {datetime.date.today()}, {dev.platform} {dev.device_kind}, "
+        f"jax {jax.__version__}, {a.dtype}, tokamax "
+        f"{'installed' if tokamax_ragged_dot() else 'not installed'}; medians of {a.repeats}."
     )
     fns = gmm_fns(a.impls.split(","))
+    rows = []
     for name in a.models.split(","):
         shape = dict(SHAPES[name])
         if a.shrink > 1:
@@ -143,7 +205,12 @@ def main() -> None:
             if "n_group" in shape["router"]:
                 shape["router"] = dict(shape["router"], n_group=min(8, shape["E"] // 2))
         for T in map(int, a.tokens.split(",")):
-            bench_shape(name, shape, T, fns, jnp.dtype(a.dtype), a.repeats)
+            rows += bench_shape(name, shape, T, fns, jnp.dtype(a.dtype), a.repeats)
+    table = head + "\n\n" + markdown(rows)
+    print(table)
+    if a.markdown:
+        with open(a.markdown, "a") as f:
+            f.write(table + "\n\n")
 
 
 if __name__ == "__main__":
