@@ -5,6 +5,14 @@ expert width: the dropless dispatch must not cost more with more experts.
 
 Baseline (same run): a dense SwiGLU MLP over the T*k assignment rows with the expert width,
 i.e. the same matmul FLOPs as the routed experts. Prints a table and the E=256 / E=16 ratio.
+
+    .venv/bin/python experiments/bench/moe_layer.py --fusion [--impl reference] [--repeats 9]
+
+instead times the expert-compute stage alone (sorted rows -> SwiGLU experts, forward+backward
+w.r.t. the rows and every weight) as the layer runs it, one grouped matmul against w_gate_up
+[E, D, 2, F] (issue 17), against the three-gmm composition it replaced (separate w_gate and
+w_up, kept here only as the baseline), on the same rows, group sizes and weights. The two
+alternate call by call in one process, so machine noise hits both alike; medians.
 """
 
 from __future__ import annotations
@@ -12,15 +20,19 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import statistics
+import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from timing import timed
 
 from lingjax.configs import MoEConfig
+from lingjax.kernels.gmm import gmm
 from lingjax.model.mlp import SwiGLU
-from lingjax.model.moe import MoEBlock
+from lingjax.model.moe import MoEBlock, expert_swiglu
 
 
 def fwd_bwd(module, x, *extra):
@@ -34,6 +46,59 @@ def fwd_bwd(module, x, *extra):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), variables["params"]
 
 
+def unfused_swiglu(x_MD, w_gate_EDF, w_up_EDF, w_down_EFD, group_sizes_E, impl):
+    """The expert compute before issue 17 (baseline only): three grouped matmuls, the rows
+    read twice."""
+    g = gmm(x_MD, w_gate_EDF, group_sizes_E, impl=impl)
+    u = gmm(x_MD, w_up_EDF, group_sizes_E, impl=impl)
+    return gmm(jax.nn.silu(g) * u, w_down_EFD, group_sizes_E, impl=impl)
+
+
+def compare_fusion(a, T: int, D: int, F: int, k: int) -> None:
+    """Fused gate|up expert compute vs the unfused baseline, fwd+bwd, per number of experts."""
+    M = T * k
+    print(f"{'experts':>8} {'unfused ms':>11} {'fused ms':>9} {'fused / unfused':>16}")
+    for E in map(int, a.experts.split(",")):
+        rng = np.random.default_rng(E)
+        sizes = jnp.asarray(rng.multinomial(M, np.full(E, 1 / E)), jnp.int32)  # top-k-like
+        ks = jax.random.split(jax.random.key(E), 3)
+        x = jax.random.normal(ks[0], (M, D))
+        w_gate_up = 0.02 * jax.random.normal(ks[1], (E, D, 2, F))
+        w_down = 0.02 * jax.random.normal(ks[2], (E, F, D))
+        w_gate, w_up = w_gate_up[:, :, 0], w_gate_up[:, :, 1]  # the same weights, unfused
+
+        def loss_fused(x, w_gate_up, w_down, sizes):
+            y = expert_swiglu(x, w_gate_up, w_down, sizes, a.impl)
+            return jnp.mean(y**2)
+
+        def loss_unfused(x, w_gate, w_up, w_down, sizes):
+            y = unfused_swiglu(x, w_gate, w_up, w_down, sizes, a.impl)
+            return jnp.mean(y**2)
+
+        runs = {
+            "unfused": (
+                jax.jit(jax.value_and_grad(loss_unfused, argnums=(0, 1, 2, 3))),
+                (x, w_gate, w_up, w_down, sizes),
+            ),
+            "fused": (
+                jax.jit(jax.value_and_grad(loss_fused, argnums=(0, 1, 2))),
+                (x, w_gate_up, w_down, sizes),
+            ),
+        }
+        for fn, args in runs.values():
+            jax.block_until_ready(fn(*args))  # compile
+        times = {name: [] for name in runs}
+        for r in range(a.repeats):
+            order = list(runs) if r % 2 == 0 else list(runs)[::-1]
+            for name in order:
+                fn, args = runs[name]
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(*args))
+                times[name].append(time.perf_counter() - t0)
+        base, fused = (statistics.median(times[n]) for n in ("unfused", "fused"))
+        print(f"{E:>8} {1e3 * base:>11.1f} {1e3 * fused:>9.1f} {fused / base:>16.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=8192)
@@ -43,8 +108,21 @@ def main() -> None:
     ap.add_argument("--experts", default="16,64,256")
     ap.add_argument("--impl", default="auto")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--fusion",
+        action="store_true",
+        help="time the fused gate|up expert compute against the unfused three-gmm baseline",
+    )
     a = ap.parse_args()
     T, D, F, k = a.tokens, a.hidden, a.expert_dim, a.k
+    if a.fusion:
+        print(
+            f"# {datetime.date.today()} {jax.devices()[0].device_kind} ({platform.processor()}), "
+            f"jax {jax.__version__}, expert compute only, M=T*k={T * k} D={D} F={F} "
+            f"impl={a.impl}, median of {a.repeats} alternated calls"
+        )
+        compare_fusion(a, T, D, F, k)
+        return
     x = jax.random.normal(jax.random.key(0), (1, T, D))
     valid = jnp.ones((1, T), bool)
 

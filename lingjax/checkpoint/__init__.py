@@ -10,7 +10,8 @@ for inference, and Hugging Face Ling import/export.
 
 manager.py: async Orbax saves, retention for WSM, validated restores that fall back past corrupt
 checkpoints, elastic restore onto any mesh. params.py: the params-only format (config, weights,
-tokenizer). run.py: a workdir's layout and its weights without the optimizer state.
+tokenizer). run.py: a workdir's layout and its weights without the optimizer state. legacy.py:
+checkpoints from before the routed experts' gate and up were fused, converted on restore.
 """
 
 from lingjax.checkpoint.hf import (

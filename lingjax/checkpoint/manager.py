@@ -40,7 +40,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from lingjax.checkpoint import checksums
+from lingjax.checkpoint import checksums, legacy
 from lingjax.checkpoint.params import CHUNK_BYTES
 from lingjax.configs.base import CheckpointConfig
 
@@ -417,9 +417,14 @@ class Checkpointer:
         wanted = list(items) + (["data_iter"] if data_iter is not None else [])
         self.validate(step, wanted)
         args: dict[str, Any] = {}
+        split = False
         if "state" in items:
             target = with_shardings(abstract_state, target_shardings)
-            args["state"] = ocp.args.StandardRestore(target)
+            # Saved before the experts' gate and up were fused: read them apart, stack below.
+            split = legacy.split_experts(os.path.join(self.directory, str(step), "state"))
+            args["state"] = ocp.args.StandardRestore(
+                legacy.split_target(target) if split else target
+            )
         for name in ("monitor", "config"):
             if name in items:
                 args[name] = ocp.args.JsonRestore()
@@ -429,6 +434,12 @@ class Checkpointer:
             args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         out = self._mgr.restore(step, args=ocp.args.Composite(**args))
         state = out["state"] if "state" in items else None
+        if split:
+            state = legacy.fuse(state, target)
+            self._log(
+                f"checkpoint {step} holds the routed experts as w_gate and w_up (saved before "
+                "they were fused): restored them stacked as w_gate_up, optimizer moments too"
+            )
         saved_step = getattr(state, "step", None)
         if saved_step is not None and int(saved_step) != step:
             raise ValueError(f"the state inside says step {int(saved_step)}, not {step}")

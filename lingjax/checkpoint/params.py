@@ -11,7 +11,7 @@ tokenizer it was trained with. `convert --from=hf` and merging write it; `genera
     DIR/hf_config.json        the Hugging Face config.json it came from, verbatim (converted)
 
 `variables/` is the layout Orbax's PyTreeCheckpointHandler writes with use_ocdbt=False and
-zarr3: one zarr3 array per leaf, named by its dotted path ("params.moe_layers.moe.w_gate"),
+zarr3: one zarr3 array per leaf, named by its dotted path ("params.moe_layers.moe.w_down"),
 plus the `_METADATA` tree file. It is written here through tensorstore so each array can be
 filled one chunk at a time (peak host memory ~ one block, never a whole stacked layer tensor);
 Orbax restores it like any checkpoint it wrote (`load_params`, optionally sharded), and
@@ -35,7 +35,7 @@ import jax
 import numpy as np
 import tensorstore as ts
 
-from lingjax.checkpoint import checksums
+from lingjax.checkpoint import checksums, legacy
 from lingjax.configs import Config, ConfigError, ModelConfig, from_dict, to_json
 from lingjax.data.tokenizer import (
     RECORD_FILE,
@@ -252,7 +252,8 @@ def open_arrays(
     """Every array leaf of an Orbax PyTree checkpoint directory (OCDBT or not: a params
     checkpoint's variables/, or a run checkpoint's <step>/state), opened for lazy slice reads:
     `arrays[leaf][index].read().result()`. `collections` keeps only leaves under those top-level
-    keys (e.g. ("params", "buffers") of a train state); empty subtrees are skipped."""
+    keys (e.g. ("params", "buffers") of a train state); empty subtrees are skipped. Experts
+    saved before gate and up were fused are shown fused (legacy.fuse_arrays)."""
     path = os.path.join(directory, _METADATA)
     if not os.path.isfile(path):
         raise ParamsCheckpointError(
@@ -270,7 +271,7 @@ def open_arrays(
         if collections is not None and leaf[0] not in collections:
             continue
         arrays[leaf] = ts.open(_spec(directory, leaf_name(leaf), meta), open=True).result()
-    return arrays
+    return legacy.fuse_arrays(arrays)
 
 
 _ARRAY_TYPES = ("jax.Array", "np.ndarray")
@@ -350,7 +351,8 @@ def load_params(
 ) -> tuple[ModelConfig, dict[str, Any]]:
     """(model config, {"params", "buffers"}) of a params checkpoint, restored by Orbax as jax
     Arrays. `shardings` (a pytree like the variables, or None = the first device) lets each
-    device read only its own slices."""
+    device read only its own slices. Experts saved before gate and up were fused are restored
+    fused (lingjax/checkpoint/legacy.py)."""
     import flax.linen as nn
     import orbax.checkpoint as ocp
 
@@ -366,8 +368,10 @@ def load_params(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
     path = os.path.abspath(os.path.join(directory, VARIABLES_DIR))
+    split = legacy.split_experts(path)
     with ocp.StandardCheckpointer() as ckptr:
-        return cfg, ckptr.restore(path, target)
+        restored = ckptr.restore(path, legacy.split_target(target) if split else target)
+    return cfg, legacy.fuse(restored, target) if split else restored
 
 
 __all__ = [

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 
+from lingjax.checkpoint import legacy
 from lingjax.checkpoint.manager import CheckpointError, first_line, saved_steps, validate_step
 from lingjax.checkpoint.params import (
     ParamsCheckpointError,
@@ -82,23 +83,46 @@ def restore_variables(
     """{"params", "buffers"} of the train state in checkpoint `step` of a run's checkpoints/
     directory: a partial restore of the `state` item, so the optimizer moments (about twice the
     parameters) are never read. `sharding`: one Sharding or a tree of them (default: the first
-    local device). Raises on any problem (missing step, damaged files)."""
+    local device). Raises on any problem (missing step, damaged files). Experts saved before
+    gate and up were fused are restored fused (lingjax/checkpoint/legacy.py)."""
     import orbax.checkpoint as ocp
 
     validate_step(checkpoint_dir, step, ["state"])
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = _variables_target(model_cfg, sharding)
     path = os.path.join(checkpoint_dir, str(step), "state")
+    split = legacy.split_experts(path)
+    item = legacy.split_target(target) if split else target
     with ocp.PyTreeCheckpointer() as ckptr:
         restored = ckptr.restore(
             path,
             args=ocp.args.PyTreeRestore(
-                item=target,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
                 partial_restore=True,
             ),
         )
+    restored = legacy.fuse(restored, target) if split else restored
+    _require_every_leaf(restored, f"{path} (step {step})")
     return restored
+
+
+def _require_every_leaf(restored: Any, where: str) -> None:
+    """Orbax's partial restore hands back the request's placeholder, not an error, for a leaf
+    the checkpoint lacks: refuse that here, naming the leaves, before a caller computes with
+    a ShapeDtypeStruct."""
+    missing = [
+        jax.tree_util.keystr(k)
+        for k, v in jax.tree_util.tree_leaves_with_path(restored)
+        if not isinstance(v, jax.Array)
+    ]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CheckpointError(
+            f"{where} lacks {', '.join(missing[:3])}{more} of the model's variables: it was "
+            "written for another architecture; read it with the model config it was trained "
+            "with (its workdir's config.json)"
+        )
 
 
 def load_run(

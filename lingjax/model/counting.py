@@ -20,7 +20,7 @@ import jax
 from lingjax.configs import ModelConfig
 from lingjax.model.variables import variable_table
 
-_ROUTED = ("w_gate", "w_up", "w_down")
+_ROUTED = ("w_gate_up", "w_down")
 
 
 @functools.lru_cache(maxsize=512)  # eval_shape per call: planners and grids ask many times

@@ -4,6 +4,13 @@ assignments past an expert's capacity are dropped and counted.
 
 Legend: B batch, L length, T tokens (B*L), D model dim, E experts, K experts per token,
 M sorted assignment rows (T*K), F expert width.
+
+The routed experts' weights are w_gate_up [E, D, 2, F] (gate at index 0 of the third axis, up
+at 1) and w_down [E, F, D]: gate and up are one grouped matmul that reads the rows once. The
+part axis sits before F, not inside a flat [E, D, 2F], because F may be split over the tensor
+mesh axis: a device's shard [E_loc, D, 2, F_loc] is then still its own gate and up columns, and
+reshapes in place to [E_loc, D, 2*F_loc] = [gate | up] (a flat 2F split would hand some devices
+only gate columns and others only up columns).
 """
 
 from __future__ import annotations
@@ -22,10 +29,11 @@ from lingjax.model.mlp import SwiGLU
 from lingjax.model.router import Router
 from lingjax.parallel.expert import dispatch
 
-# Logical axes of w_gate, w_up, w_down.
+# Names and logical axes of the routed experts' weights (the part axis of w_gate_up is never
+# split).
+EXPERT_WEIGHTS = ("w_gate_up", "w_down")
 EXPERT_WEIGHT_AXES = (
-    ("expert", "embed", "expert_mlp"),
-    ("expert", "embed", "expert_mlp"),
+    ("expert", "embed", None, "expert_mlp"),
     ("expert", "expert_mlp", "embed"),
 )
 
@@ -44,16 +52,17 @@ def capacity_keep(ids_TK: Int[Array, "T K"], num_experts: int, cap: int) -> Bool
 
 def expert_swiglu(
     x_MD: Float[Array, "M D"],
-    w_gate: Float[Array, "E D F"],
-    w_up: Float[Array, "E D F"],
+    w_gate_up: Float[Array, "E D 2 F"],
     w_down: Float[Array, "E F D"],
     group_sizes_E: Int[Array, " E"],
     impl: str,
 ) -> Float[Array, "M D"]:
-    """Every row through its own expert's SwiGLU with grouped matmuls."""
-    g = gmm(x_MD, w_gate, group_sizes_E, impl=impl)
-    u = gmm(x_MD, w_up, group_sizes_E, impl=impl)
-    return gmm(jax.nn.silu(g) * u, w_down, group_sizes_E, impl=impl)
+    """Every row through its own expert's SwiGLU: one grouped matmul for gate and up, one for
+    down. The weights are the ones this device holds (all of them on one device, its experts
+    and F slice inside the expert-parallel shard_map), so the reshape below is local and free."""
+    E, D, _, F = w_gate_up.shape
+    h_M2F = gmm(x_MD, w_gate_up.reshape(E, D, 2 * F), group_sizes_E, impl=impl)
+    return gmm(jax.nn.silu(h_M2F[:, :F]) * h_M2F[:, F:], w_down, group_sizes_E, impl=impl)
 
 
 class MoEBlock(nn.Module):
@@ -90,14 +99,12 @@ class MoEBlock(nn.Module):
             dropped = jnp.sum(~keep & valid_T[:, None]).astype(jnp.int32)
 
         init = nn.initializers.normal(self.init_std)
-        shapes = ((E, D, F), (E, D, F), (E, F, D))
+        shapes = ((E, D, 2, F), (E, F, D))
         ws = tuple(
             self.param(
                 name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype
             ).astype(self.dtype)
-            for name, axes, shape in zip(
-                ("w_gate", "w_up", "w_down"), EXPERT_WEIGHT_AXES, shapes, strict=True
-            )
+            for name, axes, shape in zip(EXPERT_WEIGHTS, EXPERT_WEIGHT_AXES, shapes, strict=True)
         )
         out = dispatch(
             x_TD.reshape(B, L, D),

@@ -26,7 +26,7 @@ from lingjax.configs import ModelConfig
 from lingjax.model.router import BUFFERS
 from lingjax.model.transformer import Transformer
 
-Leaf = tuple[str, ...]  # a variable's path, e.g. ("params", "moe_layers", "moe", "w_up")
+Leaf = tuple[str, ...]  # a variable's path, e.g. ("params", "moe_layers", "moe", "w_down")
 _INIT_TOKENS = (1, 8)  # the dummy batch init traces the model with
 
 

@@ -55,7 +55,9 @@ EXPERT = "expert"
 TENSOR = "tensor"
 
 # fn(x_sorted [M, D], group_sizes [E_loc], *local weights) -> [M, D]; rows past the sum of the
-# group sizes must come out zero (the gmm contract).
+# group sizes must come out zero (the gmm contract). fn always sees the weights this device
+# holds (on one device all of them; inside the shard_map its experts and its slice of every
+# "expert_mlp" axis), so a reshape of a fused weight inside fn is local (moe.expert_swiglu).
 ExpertFn = Callable[..., Array]
 
 
@@ -146,7 +148,7 @@ def sharded_experts(
     Args:
       x_BLD, ids_BLK, weights_BLK: tokens and their routing, global arrays (batch split by the
         rules' "batch" entry).
-      expert_weights: global [E, ...] arrays, e.g. (w_gate, w_up, w_down).
+      expert_weights: global [E, ...] arrays, e.g. (w_gate_up, w_down).
       weight_axes: their logical axes (first one "expert"); the rules' activation column says
         how they are split inside the map (expert dim over expert, widths over tensor).
       fn: the expert computation on local rows and local weights (see ExpertFn).

@@ -18,7 +18,7 @@ alive at its peak. Per device, with b = batch / (data * fsdp * expert) rows of L
                  attention: T * (H + 2V) * K * a (the fused QKV output, whole over tensor)
                  + b * (H / t) * L^2 * (4 + a) (fp32 scores and the probabilities);
                  MLP: max(dense, MoE + shared), where the MoE holds R dispatched rows:
-                 R * D * (a + 4) (inputs, fp32 outputs) + 3 * R * (F / t) * a (gate, up, h),
+                 R * D * (a + 4) (inputs, fp32 outputs) + 3 * R * (F / t) * a (gate|up, h),
                  R = T * K without EP, ep * T * K (ring), T * K + ep * T * min(K, E / ep)
                  (ragged all-to-all receive buffer); dense/shared: 3 * T * (F' / t) * a;
                  with remat "none"/"dots" every layer keeps its working set;

@@ -30,7 +30,7 @@ def hand_params(name: str, fsdp: int, expert: int, tensor: int) -> int:
         attn += 2 * K  # q_norm, k_norm scales over head_dim: not split
     norms = 2 * D // f  # input_norm, post_attention_norm
     moe = D * E // f  # router kernel [D, E]
-    moe += 3 * E * D * F // (e * f * t)  # w_gate, w_up, w_down
+    moe += 3 * E * D * F // (e * f * t)  # w_gate_up [E, D, 2, F], w_down [E, F, D]
     moe += 3 * D * S // (f * t)  # shared expert gate, up, down
     dense = 3 * D * m.dense_dim // (f * t)
     moe_layer, dense_layer = attn + norms + moe, attn + norms + dense

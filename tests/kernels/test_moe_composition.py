@@ -1,6 +1,7 @@
-"""route -> permute -> gmm (fused gate|up) -> swiglu -> gmm (down) -> unpermute equals a naive
-dense MoE (every expert on every token, weighted by a dense [T, E] combine matrix), values and
-grads w.r.t. x, the router weight (hence the router logits) and every expert weight.
+"""route -> permute -> the MoE layer's expert compute (one gmm for gate|up, swiglu, one gmm for
+down) -> unpermute equals a naive dense MoE (every expert on every token, weighted by a dense
+[T, E] combine matrix), values and grads w.r.t. x, the router weight (hence the router logits)
+and every expert weight.
 
 Letters: T tokens, K top-k, E experts, M sorted rows (= T*K), D model dim, F expert width.
 """
@@ -11,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from lingjax.kernels import gmm, permute, route, unpermute
+from lingjax.kernels import permute, route, unpermute
 from lingjax.kernels.routing import RoutingSpec
+from lingjax.model.moe import expert_swiglu
 from tests.support.tolerances import assert_close
 
 T, D, F, E, K = 24, 16, 8, 8, 2
@@ -26,17 +28,16 @@ _ROUTERS = {
 
 
 def _params(seed: int):
-    ks = jax.random.split(jax.random.key(seed), 7)
+    ks = jax.random.split(jax.random.key(seed), 6)
     return (
         dict(
             x=jax.random.normal(ks[0], (T, D)),
             w_router=jax.random.normal(ks[1], (D, E)) / D**0.5,
-            w_gate=jax.random.normal(ks[2], (E, D, F)) / D**0.5,
-            w_up=jax.random.normal(ks[3], (E, D, F)) / D**0.5,
-            w_down=jax.random.normal(ks[4], (E, F, D)) / F**0.5,
+            w_gate_up=jax.random.normal(ks[2], (E, D, 2, F)) / D**0.5,  # gate, up
+            w_down=jax.random.normal(ks[3], (E, F, D)) / F**0.5,
         ),
-        jax.random.normal(ks[5], (E,)) * 0.05,
-        jax.random.normal(ks[6], (T, D)),
+        jax.random.normal(ks[4], (E,)) * 0.05,
+        jax.random.normal(ks[5], (T, D)),
     )
 
 
@@ -47,10 +48,7 @@ def _routing(p, bias, router, impl="reference"):
 def _moe_kernels(p, bias, c, *, router, impl):
     r = _routing(p, bias, router, impl)
     xs_MD, sizes_E, order_M = permute(p["x"], r.ids, E, impl=impl)
-    # One gmm for gate and up (W_gate_up [E, D, 2F]), as the MoE layer does.
-    w_gate_up = jnp.concatenate([p["w_gate"], p["w_up"]], axis=-1)
-    gate_MF, up_MF = jnp.split(gmm(xs_MD, w_gate_up, sizes_E, impl=impl), 2, axis=-1)
-    y_MD = gmm(jax.nn.silu(gate_MF) * up_MF, p["w_down"], sizes_E, impl=impl)
+    y_MD = expert_swiglu(xs_MD, p["w_gate_up"], p["w_down"], sizes_E, impl)
     out_TD = unpermute(y_MD, order_M, r.weights, impl=impl)
     return jnp.sum(out_TD * c), out_TD
 
@@ -58,9 +56,8 @@ def _moe_kernels(p, bias, c, *, router, impl):
 def _moe_dense(p, bias, c, *, router):
     r = _routing(p, bias, router)
     combine_TE = jnp.einsum("tk,tke->te", r.weights, jax.nn.one_hot(r.ids, E))
-    h_TEF = jax.nn.silu(jnp.einsum("td,edf->tef", p["x"], p["w_gate"])) * jnp.einsum(
-        "td,edf->tef", p["x"], p["w_up"]
-    )
+    gate_TEF, up_TEF = (jnp.einsum("td,edf->tef", p["x"], p["w_gate_up"][:, :, i]) for i in (0, 1))
+    h_TEF = jax.nn.silu(gate_TEF) * up_TEF
     y_TED = jnp.einsum("tef,efd->ted", h_TEF, p["w_down"])
     out_TD = jnp.einsum("te,ted->td", combine_TE, y_TED)
     return jnp.sum(out_TD * c), out_TD

@@ -152,7 +152,8 @@ def test_task_arithmetic_ties_and_layer_coefficients(tmp_path):
     # Layer-wise: layer 0 (the dense one) keeps the base, layer 1 (MoE) takes the task vector.
     out = task_merge(base, models[:1], str(tmp_path / "lw"), layer_coefs=[0.0, 1.0])
     got = leaves_of(load_params(out)[1])
-    dense, moe = ("params", "dense_layers", "mlp", "up"), ("params", "moe_layers", "moe", "w_up")
+    dense = ("params", "dense_layers", "mlp", "up")
+    moe = ("params", "moe_layers", "moe", "w_gate_up")
     np.testing.assert_allclose(got[dense], base_leaves[dense], atol=1e-7)
     np.testing.assert_allclose(got[moe], base_leaves[moe] + taus[0][moe], atol=1e-6)
     assert read_info(out)["merge"]["layer_coefs"] == [0.0, 1.0]

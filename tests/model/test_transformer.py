@@ -77,8 +77,9 @@ def test_scanned_stacks_and_logical_axes():
     p = boxed["params"]
     assert p["dense_layers"]["attn"]["qkv"].value.shape == (1, 128, 4 + 2 * 2, 32)
     moe = p["moe_layers"]["moe"]
-    assert moe["w_gate"].value.shape == (2, 16, 128, 48)
-    assert moe["w_gate"].names == ("layers", "expert", "embed", "expert_mlp")
+    assert moe["w_gate_up"].value.shape == (2, 16, 128, 2, 48)  # [layers, E, D, gate|up, F]
+    assert moe["w_gate_up"].names == ("layers", "expert", "embed", None, "expert_mlp")
+    assert "w_gate" not in moe and "w_up" not in moe
     bias = boxed["buffers"]["moe_layers"]["moe"]["router"]["expert_bias"]
     assert bias.value.dtype == jnp.float32 and bias.value.shape == (2, 16)
     assert "mtp_0" in p

@@ -77,10 +77,10 @@ def _check_split(params, mesh, sizes) -> None:
         per_device += shard.data.nbytes
     total = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
     assert per_device < total or math.prod(sizes.values()) // sizes["data"] == 1
-    w_gate = params["moe_layers"]["moe"]["w_gate"]  # [layers, E, D, F]
-    assert w_gate.sharding.spec == PartitionSpec(None, "expert", "fsdp", "tensor")
+    w_gate_up = params["moe_layers"]["moe"]["w_gate_up"]  # [layers, E, D, 2, F]
+    assert w_gate_up.sharding.spec == PartitionSpec(None, "expert", "fsdp", None, "tensor")
     e, f, t = sizes["expert"], sizes["fsdp"], sizes["tensor"]
-    assert w_gate.addressable_shards[0].data.nbytes * e * f * t == w_gate.nbytes
+    assert w_gate_up.addressable_shards[0].data.nbytes * e * f * t == w_gate_up.nbytes
 
 
 @pytest.mark.parametrize("mesh_shape", MESHES, ids=["x".join(map(str, m)) for m in MESHES])

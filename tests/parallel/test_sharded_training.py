@@ -27,9 +27,9 @@ def test_sharded_init_and_step_match_one_device():
     key = jax.random.key(0)
     state = run.init.lower(key).compile()(key)
 
-    w = state.params["moe_layers"]["moe"]["w_up"]
-    assert w.sharding.spec == PartitionSpec(None, "expert", "fsdp", "tensor")
-    mu = state.opt_state[1].inner_state[0].mu["moe_layers"]["moe"]["w_up"]
+    w = state.params["moe_layers"]["moe"]["w_gate_up"]
+    assert w.sharding.spec == PartitionSpec(None, "expert", "fsdp", None, "tensor")
+    mu = state.opt_state[1].inner_state[0].mu["moe_layers"]["moe"]["w_gate_up"]
     assert mu.sharding == w.sharding  # optimizer state split like its parameter
     bias = state.buffers["moe_layers"]["moe"]["router"]["expert_bias"]  # [layers, E]
     assert bias.sharding.spec == PartitionSpec(None, "expert")
@@ -56,7 +56,7 @@ def test_sharded_init_and_step_match_one_device():
         np.testing.assert_allclose(a, r, rtol=0, atol=1e-2 * cfg.train.lr)
     for a, r in zip(jax.tree.leaves(new.buffers), jax.tree.leaves(ref_new.buffers), strict=True):
         np.testing.assert_allclose(a, r, atol=1e-7)
-    assert new.params["moe_layers"]["moe"]["w_up"].sharding == w.sharding
+    assert new.params["moe_layers"]["moe"]["w_gate_up"].sharding == w.sharding
 
 
 @pytest.mark.parametrize(

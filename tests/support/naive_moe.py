@@ -42,10 +42,10 @@ def dense_moe(x, ids, logits, params, *, score_function, norm_topk_prob, scale, 
     if norm_topk_prob and ids.shape[1] > 1:
         w = w / (w.sum(-1, keepdims=True) + (1e-20 if score_function == "sigmoid" else 0.0))
     w = w * scale
-    E = params["w_gate"].shape[0]
+    E = params["w_gate_up"].shape[0]
     C = jnp.zeros((x.shape[0], E)).at[jnp.arange(x.shape[0])[:, None], jnp.asarray(ids)].add(w)
-    h = jnp.einsum("td,edf->tef", x, params["w_gate"])
-    u = jnp.einsum("td,edf->tef", x, params["w_up"])
+    h = jnp.einsum("td,edf->tef", x, params["w_gate_up"][:, :, 0])  # [E, D, 2, F]: gate, up
+    u = jnp.einsum("td,edf->tef", x, params["w_gate_up"][:, :, 1])
     y = jnp.einsum("tef,efd->ted", jax.nn.silu(h) * u, params["w_down"])
     out = jnp.einsum("te,ted->td", C, y)
     if shared is not None:

@@ -78,11 +78,14 @@ def _blocks(t: TensorMap, itemsize: int, block_bytes: int) -> Iterator[tuple[int
 
 
 def _chunk_shape(t: TensorMap, shape: tuple[int, ...], itemsize: int, block_bytes: int):
-    """Zarr chunks = the blocks conversion writes: one per (layer, expert) and stream block."""
+    """Zarr chunks = the blocks conversion writes: one per (layer, expert), part of a fused
+    leaf, and stream block."""
     chunk = [1] * len(t.index) + list(t.slice_shape)
     chunk[len(t.index) + t.stream_axis] = t.rows_per_block(itemsize, block_bytes) // (
         t.rows_per_unit
     )
+    if t.part is not None:
+        chunk.insert(len(chunk) - 1, 1)
     return tuple(min(c, s) for c, s in zip(chunk, shape, strict=True))
 
 

@@ -1,7 +1,7 @@
 """Where every Hugging Face Ling tensor lives in the lingjax variables, and how its layout maps.
 
 Legend: D model dim, Q fused qkv heads (H + 2V), H query heads, K head dim, E experts,
-F mlp width, N vocab, R rows of a block.
+F mlp width, N vocab, R rows of a block, P the part axis of a fused leaf.
 
 HF keys (docs/ling_spec.md §1.3, §2.4) -> lingjax leaves (`lingjax.init_params` tree):
   model.word_embeddings.weight [N, D]            params/embed [N, D]                   same
@@ -15,7 +15,8 @@ HF keys (docs/ling_spec.md §1.3, §2.4) -> lingjax leaves (`lingjax.init_params
   ...mlp.down_proj.weight [D, F] (dense)         dense_layers/mlp/down [l, F, D]        t
   ...mlp.gate.weight [E, D]                      moe_layers/moe/router/kernel [l, D, E] t
   ...mlp.gate.expert_bias [E] (fp32)             buffers/moe_layers/moe/router/expert_bias
-  ...mlp.experts.{e}.{gate,up}_proj.weight       moe_layers/moe/w_{gate,up} [l, E, D, F] t
+  ...mlp.experts.{e}.{gate,up}_proj.weight       moe_layers/moe/w_gate_up [l, E, D, P, F] t
+                                                 (P = 2: gate_proj at part 0, up_proj at 1)
   ...mlp.experts.{e}.down_proj.weight            moe_layers/moe/w_down [l, E, F, D]     t
   ...mlp.shared_experts.{gate,up,down}_proj      moe_layers/moe/shared/{gate,up,down}   t
   model.norm.weight [D]                          params/final_norm/scale                same
@@ -27,7 +28,9 @@ Layer i < first_k_dense is dense_layers[i]; the others are moe_layers[i - first_
 NormHead is applied by the model at use, so lm_head is copied raw in both directions.
 
 Every layout change maps a block of HF rows (axis 0) to a block of one lingjax axis (the
-"stream axis"), so big tensors convert in bounded-size blocks in both directions.
+"stream axis"), so big tensors convert in bounded-size blocks in both directions. Where one
+lingjax leaf holds several HF tensors side by side (w_gate_up), `part` says which index of its
+part axis (the one before the leaf's last axis) a tensor fills.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import numpy as np
 
 from lingjax.configs import ModelConfig
 
-Leaf = tuple[str, ...]  # ("params", "moe_layers", "moe", "w_gate")
+Leaf = tuple[str, ...]  # ("params", "moe_layers", "moe", "w_gate_up")
 _TILE = 512
 
 
@@ -65,10 +68,12 @@ class TensorMap:
     index: tuple[int, ...]  # leading indices into the leaf (layer, expert)
     kind: str  # same | t | qkv | out | bias
     head_dim: int = 0  # K, for qkv / out / bias
+    part: int | None = None  # the index on the part axis of a fused leaf (w_gate_up), else None
 
     @property
     def slice_shape(self) -> tuple[int, ...]:
-        """Shape of leaf[index] (the lingjax side of this tensor)."""
+        """Shape of this tensor's lingjax side: leaf[index], or leaf[index][..., part, :] for a
+        fused leaf."""
         s, K = self.hf_shape, self.head_dim
         if self.kind == "same":
             return s
@@ -97,10 +102,15 @@ class TensorMap:
         units = max(1, block_bytes // max(1, row_bytes * unit))
         return min(self.hf_shape[0], units * unit)
 
-    def lingjax_slice(self, r0: int, r1: int) -> tuple[slice, ...]:
-        """Index into leaf[index] covered by HF rows [r0, r1)."""
+    def lingjax_slice(self, r0: int, r1: int) -> tuple[slice | int, ...]:
+        """Index into leaf[index] covered by HF rows [r0, r1) (selecting `part` of a fused
+        leaf, whose part axis sits before the last axis)."""
         u = self.rows_per_unit
-        return (slice(None),) * self.stream_axis + (slice(r0 // u, r1 // u),)
+        out: list[slice | int] = [slice(None)] * len(self.slice_shape)
+        out[self.stream_axis] = slice(r0 // u, r1 // u)
+        if self.part is not None:
+            out.insert(len(out) - 1, self.part)
+        return tuple(out)
 
     def to_lingjax(self, rows: np.ndarray) -> np.ndarray:
         """HF rows [R, ...] -> the matching block of leaf[index]."""
@@ -135,8 +145,9 @@ def _layer(cfg: ModelConfig, prefix: str, stack: Leaf, idx: tuple[int, ...], moe
     D, H, V, K = cfg.hidden_size, a.num_heads, a.num_kv_heads, a.head_dim
     Q = H + 2 * V
 
-    def p(key, shape, leaf, kind, index=idx, collection="params"):
-        return TensorMap(f"{prefix}.{key}", shape, (collection, *stack, *leaf), index, kind, K)
+    def p(key, shape, leaf, kind, index=idx, collection="params", part=None):
+        leaf = (collection, *stack, *leaf)
+        return TensorMap(f"{prefix}.{key}", shape, leaf, index, kind, K, part)
 
     out = [
         p("input_layernorm.weight", (D,), ("input_norm", "scale"), "same"),
@@ -161,12 +172,13 @@ def _layer(cfg: ModelConfig, prefix: str, stack: Leaf, idx: tuple[int, ...], moe
         bias_leaf = ("moe", "router", "expert_bias")
         out.append(p("mlp.gate.expert_bias", (E,), bias_leaf, "same", collection="buffers"))
     for e in range(E):
-        for proj, leaf, shape in (
-            ("gate_proj", "w_gate", (F, D)),
-            ("up_proj", "w_up", (F, D)),
-            ("down_proj", "w_down", (D, F)),
+        for proj, leaf, shape, part in (
+            ("gate_proj", "w_gate_up", (F, D), 0),
+            ("up_proj", "w_gate_up", (F, D), 1),
+            ("down_proj", "w_down", (D, F), None),
         ):
-            out.append(p(f"mlp.experts.{e}.{proj}.weight", shape, ("moe", leaf), "t", (*idx, e)))
+            key = f"mlp.experts.{e}.{proj}.weight"
+            out.append(p(key, shape, ("moe", leaf), "t", (*idx, e), part=part))
     if m.num_shared_experts:
         S = m.shared_width
         out.append(p("mlp.shared_experts.gate_proj.weight", (S, D), ("moe", "shared", "gate"), "t"))
@@ -209,10 +221,16 @@ def check_coverage(maps: list[TensorMap], leaves: dict[Leaf, tuple[int, ...]]) -
             raise RuntimeError(f"internal: {t.hf_key} maps to {t.leaf}, not a model variable")
         n = len(t.index)
         in_range = all(0 <= i < s for i, s in zip(t.index, shape[:n], strict=True))
-        if shape[n:] != t.slice_shape or not in_range:
+        rest = shape[n:]
+        if t.part is not None:  # the part axis, before the last one, is indexed away
+            in_range = in_range and len(rest) >= 2 and 0 <= t.part < rest[-2]
+            rest = rest[:-2] + rest[-1:]
+        if rest != t.slice_shape or not in_range:
             raise RuntimeError(f"internal: {t.hf_key} {t.slice_shape} does not fit {t.leaf}{shape}")
-        seen.setdefault(t.leaf, set()).add(t.index)
+        seen.setdefault(t.leaf, set()).add((t.index, t.part))
     for leaf, shape in leaves.items():
-        n = len(next(iter(seen.get(leaf, {()}))))
-        if len(seen.get(leaf, ())) != math.prod(shape[:n]):
+        filled = seen.get(leaf, set())
+        n = len(next(iter(filled))[0]) if filled else 0
+        parts = shape[-2] if any(part is not None for _, part in filled) else 1
+        if len(filled) != math.prod(shape[:n]) * parts:
             raise RuntimeError(f"internal: model variable {leaf} is not filled by the HF tensors")
