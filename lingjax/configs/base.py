@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 ScoreFunction = Literal["softmax", "sigmoid"]
 KernelImpl = Literal["auto", "reference", "ragged_dot", "pallas", "tokamax"]
 EPTransport = Literal["auto", "ragged_all_to_all", "ring"]
+# lingjax/kernels/attention/api.py IMPLS (the same names; tests/kernels/test_attention.py)
+AttentionImpl = Literal["auto", "xla", "pallas", "cudnn", "tokamax"]
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
 Schedule = Literal["cosine", "wsd", "constant"]
 DecayShape = Literal["1-sqrt", "linear", "cosine"]
@@ -43,6 +45,10 @@ class AttentionConfig:
     rotary_dim: int = 0
     use_qk_norm: bool = False
     use_qkv_bias: bool = False
+    # The training path's attention kernel (lingjax/kernels/attention): "auto" (XLA's einsum on
+    # every backend until a kernel is measured there), "xla", "pallas" (splash on TPU, Triton
+    # flash attention on GPU), "cudnn" (NVIDIA GPUs), "tokamax" (the lingjax[gpu] extra).
+    impl: AttentionImpl = "auto"
 
     @property
     def rotary_width(self) -> int:
@@ -62,6 +68,11 @@ class AttentionConfig:
             f"{self.head_dim} (0 means the whole head)",
         )
         _check(self.rope_theta > 0, f"model.attention.rope_theta={self.rope_theta} must be > 0")
+        impls = get_args(AttentionImpl)
+        _check(
+            self.impl in impls,
+            f"model.attention.impl={self.impl!r}; valid impls are {', '.join(impls)}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +175,7 @@ class ModelConfig:
             self,
             dtype="float32",
             remat="none",
+            attention=dataclasses.replace(self.attention, impl="auto"),
             moe=dataclasses.replace(
                 self.moe, impl="auto", ep_transport="auto", capacity_factor=None
             ),

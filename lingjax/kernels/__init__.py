@@ -1,4 +1,5 @@
-"""MoE kernels, one folder per op: routing/, permute/, gmm/.
+"""Kernels, one folder per op: routing/, permute/, gmm/ (the MoE layer), attention/ (causal
+attention over packed documents; `lingjax.kernels.attention.attention`).
 
 Each folder holds a pure-jnp `reference.py` (the oracle, and the CPU path) and an `api.py` with
 an `impl=` switch; Pallas kernels per backend join them as `kernel*.py`. Kernels import nothing

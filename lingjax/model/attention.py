@@ -13,9 +13,19 @@ module is exactly the uncached path.
 
 The fused weight `qkv` is [D, H + 2V, K]: output heads laid out [all Q | all K | all V], the
 HF `query_key_value` layout (docs/ling_spec.md §1.2.2), so conversion is a transpose and a reshape.
+
+Kernels (`AttentionConfig.impl`, lingjax/kernels/attention): the uncached (training and
+scoring) path runs `training_attention`: "xla" is the einsum (`dot_product_attention` with
+`attention_mask`, defined once in lingjax/kernels/attention/reference.py), the fused
+kernels ("pallas", "cudnn", "tokamax") take q, k, v and the segment ids directly, per device on
+a mesh (lingjax/parallel/attention.py). QK-norm, partial RoPE and the GQA layout stay here,
+before the kernel. "auto" is the einsum on every backend until a kernel is measured there. The
+KV-cache decode path always runs the einsum.
 """
 
 from __future__ import annotations
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -23,41 +33,31 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from lingjax.configs import AttentionConfig
+from lingjax.kernels.attention import attention as fused_attention
+from lingjax.kernels.attention import check_available
+from lingjax.kernels.attention.reference import attention_mask, dot_product_attention
 from lingjax.model.norms import RMSNorm
 from lingjax.model.rope import apply_rope, rope_cos_sin
+from lingjax.parallel.attention import sharded_attention
 
 CACHE = "cache"  # variable collection of the KV cache (generation only)
 
 
-def attention_mask(
-    segment_ids: Int[Array, "B L"] | None, length: int, causal: bool = True
-) -> Array:
-    """Boolean [B|1, 1, 1, L, L]: causal, and a query only sees keys of its own document."""
-    idx = jnp.arange(length)
-    mask = (idx[:, None] >= idx[None, :]) if causal else jnp.ones((length, length), bool)
-    mask = mask[None, None, None]
-    if segment_ids is not None:
-        same = segment_ids[:, :, None] == segment_ids[:, None, :]
-        mask = mask & same[:, None, None]
-    return mask
-
-
-def dot_product_attention(
+def training_attention(
     q: Float[Array, "B L H K"],
-    k: Float[Array, "B S V K"],
-    v: Float[Array, "B S V K"],
-    mask: Array,
+    k: Float[Array, "B L V K"],
+    v: Float[Array, "B L V K"],
+    segment_ids: Int[Array, "B L"] | None,
+    impl: str = "auto",
 ) -> Float[Array, "B L H K"]:
-    """Softmax attention with fp32 scores and softmax; K/V shared by groups of G query heads."""
-    B, L, H, K = q.shape
-    V = k.shape[2]
-    qg = q.reshape(B, L, V, H // V, K)
-    scores = jnp.einsum("blvgk,bsvk->bvgls", qg, k, preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / jnp.sqrt(jnp.float32(K)))
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bvgls,bsvk->blvgk", probs, v)
-    return out.reshape(B, L, H, K)
+    """Causal attention within documents with the kernel `impl` (model.attention.impl) means on
+    this backend; ValueError naming the key and the fix when it cannot run here."""
+    concrete = check_available(impl, key="model.attention.impl")
+    if concrete == "xla":
+        return dot_product_attention(q, k, v, attention_mask(segment_ids, q.shape[1]))
+    return sharded_attention(
+        functools.partial(fused_attention, impl=concrete), q, k, v, segment_ids
+    )
 
 
 def cached_attention(
@@ -103,7 +103,7 @@ class Attention(nn.Module):
         segment_ids: Int[Array, "B L"] | None,
     ) -> Float[Array, "B L D"]:
         c = self.cfg
-        _, L, D = x.shape
+        D = x.shape[-1]
         H, V, K = c.num_heads, c.num_kv_heads, c.head_dim
         init = nn.initializers.normal(self.init_std)
         w_qkv = self.param(
@@ -134,7 +134,7 @@ class Attention(nn.Module):
             cache = {n: self.variable(CACHE, n) for n in ("k", "v", "valid", "index")}
             out = cached_attention(q, k, v, segment_ids, cache)
         else:
-            out = dot_product_attention(q, k, v, attention_mask(segment_ids, L))
+            out = training_attention(q, k, v, segment_ids, c.impl)
         w_out = self.param(
             "out",
             nn.with_logical_partitioning(init, ("heads", "head_dim", "embed")),

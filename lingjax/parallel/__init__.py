@@ -1,5 +1,6 @@
 """Parallelism: the device mesh, the logical-axis -> mesh-axis rules table, shardings of
-variables and batches, expert parallelism (shard_map transports) and multi-host start-up.
+variables and batches, expert parallelism (shard_map transports), attention kernels per device
+(attention.py) and multi-host start-up.
 
     initialize()                                   # multi-host jobs (Slurm, TPU VM, explicit)
     mesh = make_mesh(cfg.mesh)                     # axes data, fsdp, expert, tensor

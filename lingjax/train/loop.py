@@ -48,6 +48,7 @@ from lingjax.configs import (
 from lingjax.data import MixtureMeter, make_train_iterator
 from lingjax.data.sources import open_sources, save_run_tokenizer
 from lingjax.data.tokenizer import save_tokenizer
+from lingjax.kernels.attention import check_available as check_attention_impl
 from lingjax.model import flops_per_token, peak_flops
 from lingjax.train.anomaly import VERDICT_KEYS, AnomalyMonitor, Outcome
 from lingjax.train.dpo import reference_logprobs
@@ -202,6 +203,10 @@ def train(
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir={workdir} is a file, not a directory; pass a directory")
     parallel.check_config(cfg, parallel.mesh_shape(cfg.mesh, jax.device_count()))
+    try:  # an attention kernel this backend cannot run fails here, not at the first step
+        check_attention_impl(cfg.model.attention.impl, key="model.attention.impl")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     cfg, _ = check_resume_config(workdir, cfg, allow_change=allow_config_change)
     # A missing or foreign corpus, or ids past the vocabulary, fail here (CorpusError), before
     # anything is written to the workdir. Reads the manifests and document lengths only.

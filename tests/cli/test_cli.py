@@ -32,6 +32,8 @@ def run(*args, cwd=None):
         (["--config=tiny", "--config.train.stepz=3"], "train.steps"),
         (["--config=tiny", "--config.train.steps=three"], "train.steps"),
         (["--config=tiny", "--config.model.moe.score_function=relu"], "sigmoid"),
+        # a kernel this backend cannot run: refused before the workdir is written
+        (["--config=tiny", "--config.model.attention.impl=cudnn"], "needs an NVIDIA GPU"),
         (["--config=tiny-v3"], "tiny-v2"),
         (["--config=tiny", "--workdri=x"], "workdir"),
         (["--config=tiny", "--config.train.steps"], "needs a value"),

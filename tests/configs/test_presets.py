@@ -68,6 +68,7 @@ def test_overrides_are_typed_and_resolved():
         ({"train.steps": "forty"}, "train.steps"),
         ({"train.steps": 2.5}, "expected int"),
         ({"model.moe.score_function": "relu"}, "'softmax', 'sigmoid'"),
+        ({"model.attention.impl": "flash"}, "'auto', 'xla', 'pallas', 'cudnn', 'tokamax'"),
         ({"model.moe.n_group": 3}, "must divide num_experts"),
         ({"model.attention.num_kv_heads": 3}, "multiple of"),
         ({"steps": 0}, "train.steps=0 must be > 0"),

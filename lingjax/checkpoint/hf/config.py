@@ -369,6 +369,7 @@ def _architectural(cfg: ModelConfig) -> ModelConfig:
         dtype=d.dtype,
         param_dtype=d.param_dtype,
         remat=d.remat,
+        attention=dataclasses.replace(cfg.attention, impl=d.attention.impl),
         moe=dataclasses.replace(cfg.moe, impl=d.moe.impl, capacity_factor=None),
     )
 
