@@ -6,7 +6,8 @@
 #       references, bf16 and fp32 (tests/kernels/test_gpu_kernels.py);
 #   (b) writes the gmm table at Ling-mini-2.0 and Ling-lite expert shapes, forward and
 #       forward+backward, every impl against a dense matmul of the same FLOPs, ragged_dot and
-#       tokamax (experiments/bench/kernels.py);
+#       tokamax (experiments/bench/kernels.py), and the attention table: the segment-id
+#       kernels against the XLA einsum at Ling-mini-2.0's shape (experiments/bench/attention.py);
 #   (c) times the train step of a 4-layer Ling-mini-2.0-shaped model at seq 4096 in bf16 with
 #       each remat policy: tokens/s, MFU, peak memory (experiments/bench/train_step.py);
 # and writes everything as markdown to $OUT/gpu_check.md (OUT: the device tool's output folder,
@@ -27,7 +28,7 @@ DRY=0
 for arg in "$@"; do
   case "$arg" in
     --dry-run) DRY=1 ;;
-    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument '$arg' (use --dry-run or nothing)" >&2; exit 2 ;;
   esac
 done
@@ -78,8 +79,9 @@ print(f"{d.device_kind} ({d.platform}), jax {jax.__version__}, Python {platform.
 
 if [ "$DRY" = 1 ]; then
   tests_limit=300 gmm_args=(--dry-run --models ling-mini-2.0) step_args=(--dry-run --remat full)
+  attn_args=(--dry-run)
 else
-  tests_limit=120 gmm_args=(--tokens 16384 --repeats 10) step_args=()
+  tests_limit=120 gmm_args=(--tokens 16384 --repeats 10) step_args=() attn_args=()
 fi
 
 part tests "$tests_limit" "$PY" -m pytest -m gpu tests/kernels -n 0 -rs -p no:cacheprovider
@@ -94,6 +96,8 @@ part tests "$tests_limit" "$PY" -m pytest -m gpu tests/kernels -n 0 -rs -p no:ca
   echo
 } >>"$REPORT"
 part gmm 120 "$PY" experiments/bench/kernels.py "${gmm_args[@]}" --markdown "$REPORT"
+printf '## (b2) attention with segment ids\n\n' >>"$REPORT"
+part attention 90 "$PY" experiments/bench/attention.py "${attn_args[@]}" --markdown "$REPORT"
 printf '## (c) train step\n\n' >>"$REPORT"
 part train_step 240 "$PY" experiments/bench/train_step.py "${step_args[@]}" --markdown "$REPORT"
 echo "Total $(($(date +%s) - start)) s. Failed parts: ${failed[*]:-none}." >>"$REPORT"

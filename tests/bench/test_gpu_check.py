@@ -33,16 +33,19 @@ def test_dry_run_writes_every_part_of_the_report(tmp_path):
     assert "test_gpu_kernels.py" in tests and "needs a GPU; this run's backend is cpu" in tests
     assert " skipped" in tests and "failed" not in tests
     # (b) the gmm table: the dense baseline and the Pallas kernels, forward and fwd+bwd ratios
-    gmm = report.split("## (b)")[1].split("## (c)")[0]
+    gmm = report.split("## (b)")[1].split("## (b2)")[0]
     rows = {line.split(" | ")[1]: line for line in gmm.splitlines() if line.startswith("| ling")}
     assert {"dense", "pallas", "reference", "route pallas"} <= set(rows)
     assert "failed" not in gmm
+    # (b2) the attention table: the einsum baseline and the segment-id kernel
+    attention = report.split("## (b2)")[1].split("## (c)")[0]
+    assert "| xla |" in attention and "| pallas |" in attention
     # (c) a train-step row with tokens/s and XLA's planned peak memory
     step = report.split("## (c)")[1]
     (row,) = [line for line in step.splitlines() if line.startswith("| full |")]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[2].replace(",", "")) > 0 and float(cells[4]) > 0
-    for log in ("tests.log", "gmm.log", "train_step.log"):
+    for log in ("tests.log", "gmm.log", "attention.log", "train_step.log"):
         assert (tmp_path / log).stat().st_size > 0
 
 

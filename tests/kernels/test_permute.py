@@ -137,7 +137,7 @@ def test_gradient_wrt_y_is_the_weighted_cotangent():
 
 def test_unknown_impl_and_bad_shapes_raise_value_errors():
     x, ids, w = _inputs(0)
-    assert IMPLS == ("auto", "pallas", "ragged_dot", "reference")
+    assert IMPLS == ("auto", "pallas", "ragged_dot", "reference", "tokamax")
     with pytest.raises(ValueError, match="valid impls are auto, pallas, ragged_dot, reference"):
         permute(x, ids, E, impl="fast")
     with pytest.raises(ValueError, match="valid impls"):

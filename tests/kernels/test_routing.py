@@ -205,9 +205,10 @@ def test_unknown_impl_and_bad_arguments_raise_value_errors():
     logits = jax.random.normal(jax.random.key(7), (4, 8))
     with pytest.raises(ValueError, match="valid impls are auto, pallas, ragged_dot, reference"):
         _route(logits, k=2, impl="fast")
-    assert IMPLS == ("auto", "pallas", "ragged_dot", "reference")
+    assert IMPLS == ("auto", "pallas", "ragged_dot", "reference", "tokamax")
     assert _route(logits, k=2, impl="reference").ids.shape == (4, 2)
     assert _route(logits, k=2, impl="ragged_dot").ids.shape == (4, 2)
+    assert _route(logits, k=2, impl="tokamax").ids.shape == (4, 2)  # no tokamax op: XLA
     with pytest.raises(ValueError, match="score_function"):
         _route(logits, k=2, score_function="relu")
     with pytest.raises(ValueError, match="k=9"):

@@ -32,11 +32,11 @@ from jaxtyping import Array, Float, Int
 from lingjax.kernels.gmm.tiling import (
     Tiles,
     dot_precision,
+    gmm_operands,
     offsets,
     pad_to,
     round_up,
     row_mask,
-    tile_group_range,
 )
 
 # Hopper-sized defaults (128x128 output tiles, 64-deep K steps, 8 warps, 3 stages); the
@@ -95,29 +95,22 @@ def gmm(
     tiles: Tiles = TILES,
 ) -> Float[Array, "M N"]:
     """out[r] = lhs[r] @ rhs[g(r)] (or rhs[g(r)].T with `transpose_rhs`, rhs then [G, N, K])."""
-    M, K = lhs_MK.shape
-    G = rhs_GKN.shape[0]
+    M = lhs_MK.shape[0]
     N = rhs_GKN.shape[1] if transpose_rhs else rhs_GKN.shape[2]
-    tm, tk, tn = _fit(tiles.m, M), _fit(tiles.k, K), _fit(tiles.n, N)
-    Mp, Kp, Np = round_up(M, tm), round_up(K, tk), round_up(N, tn)
-    lhs = pad_to(lhs_MK, (Mp, Kp))
-    rhs = pad_to(rhs_GKN, (G, Np, Kp) if transpose_rhs else (G, Kp, Np))
-    off = offsets(group_sizes_G, M)
-    rng = tile_group_range(off, Mp // tm, tm)
+    ops = gmm_operands(lhs_MK, rhs_GKN, group_sizes_G, tiles, _fit, transpose_rhs)
+    (tm, _, tn), (n_m, n_n, n_k) = ops.tiles, ops.grid
     out_dtype = lhs_MK.dtype if out_dtype is None else out_dtype
-    kernel = functools.partial(
-        _gmm_kernel, tiles=Tiles(tm, tk, tn), nk=Kp // tk, transpose_rhs=transpose_rhs
-    )
+    kernel = functools.partial(_gmm_kernel, tiles=ops.tiles, nk=n_k, transpose_rhs=transpose_rhs)
     out = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct((Mp, Np), out_dtype),
-        grid=(Mp // tm, Np // tn),
+        out_shape=jax.ShapeDtypeStruct((n_m * tm, n_n * tn), out_dtype),
+        grid=(n_m, n_n),
         in_specs=[pl.no_block_spec] * 4,
         out_specs=pl.BlockSpec((tm, tn), lambda i, j: (i, j)),
         compiler_params=_compiler_params(),
         interpret=interpret,
         name="lingjax_gmm",
-    )(off, rng, lhs, rhs)
+    )(ops.off, ops.rng, ops.lhs, ops.rhs)
     return out[:M, :N]
 
 

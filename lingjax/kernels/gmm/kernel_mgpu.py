@@ -37,7 +37,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jaxtyping import Array, Float, Int
 
-from lingjax.kernels.gmm.tiling import Tiles, offsets, pad_to, round_up, tile_group_range
+from lingjax.kernels.gmm.tiling import Tiles, gmm_operands, offsets, pad_to, round_up
 
 # 128x128 fp32 accumulator per warpgroup, 64-deep K steps (128 bytes of bf16: one swizzle
 # line), 4 pipeline stages; experiments/bench/kernels.py is where to tune them.
@@ -166,22 +166,12 @@ def gmm(
     `interpret`: None on a GPU, or `plgpu.InterpretGPUParams()` to run on the CPU.
     """
     _check_dtype(lhs_MK, rhs_GKN)
-    M, K = lhs_MK.shape
-    G = rhs_GKN.shape[0]
+    M = lhs_MK.shape[0]
     N = rhs_GKN.shape[1] if transpose_rhs else rhs_GKN.shape[2]
-    tm, tk, tn = _fit(tiles.m, M), _fit(tiles.k, K), _fit(tiles.n, N)
-    Mp, Kp, Np = round_up(M, tm), round_up(K, tk), round_up(N, tn)
-    lhs = pad_to(lhs_MK, (Mp, Kp))
-    rhs = pad_to(rhs_GKN, (G, Np, Kp) if transpose_rhs else (G, Kp, Np))
-    off = offsets(group_sizes_G, M)
-    rng = tile_group_range(off, Mp // tm, tm)
+    ops = gmm_operands(lhs_MK, rhs_GKN, group_sizes_G, tiles, _fit, transpose_rhs)
     out_dtype = lhs_MK.dtype if out_dtype is None else out_dtype
-    body = functools.partial(
-        _gmm_body,
-        tiles=Tiles(tm, tk, tn),
-        grid=(Mp // tm, Np // tn, Kp // tk),
-        transpose_rhs=transpose_rhs,
-    )
+    body = functools.partial(_gmm_body, tiles=ops.tiles, grid=ops.grid, transpose_rhs=transpose_rhs)
+    Mp, Np = ops.grid[0] * ops.tiles.m, ops.grid[1] * ops.tiles.n
     out = plgpu.kernel(
         body,
         out_type=jax.ShapeDtypeStruct((Mp, Np), out_dtype),
@@ -189,7 +179,7 @@ def gmm(
         grid_names=("sm",),
         compiler_params=_params(),
         interpret=interpret,
-    )(off, rng, lhs, rhs)
+    )(ops.off, ops.rng, ops.lhs, ops.rhs)
     return out[:M, :N]
 
 

@@ -9,6 +9,7 @@ neither GPU lowering has scalar prefetch) or as scalar-prefetch operands (TPU).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -50,6 +51,44 @@ def tile_group_range(off: Int[Array, " G+1"], num_tiles: int, tm: int) -> Int[Ar
     first = jnp.searchsorted(off[1:], starts, side="right")  # first group ending after start
     last = jnp.searchsorted(off[:-1], starts + tm, side="left") - 1  # last starting before end
     return jnp.stack([first, last], axis=1).astype(jnp.int32)
+
+
+class GmmOperands(NamedTuple):
+    """A gmm's operands padded to whole tiles, with the group metadata its kernel reads."""
+
+    lhs: Array  # [Mp, Kp]
+    rhs: Array  # [G, Kp, Np], or [G, Np, Kp] with transpose_rhs
+    off: Int[Array, " G+1"]  # offsets(group_sizes, M)
+    rng: Int[Array, "T 2"]  # tile_group_range per row tile of tiles.m rows
+    tiles: Tiles  # the fitted tile sizes
+    grid: tuple[int, int, int]  # (Mp // tm, Np // tn, Kp // tk)
+
+
+def gmm_operands(
+    lhs_MK: Array,
+    rhs_GKN: Array,
+    group_sizes_G: Array,
+    tiles: Tiles,
+    fit: Callable[[int, int], int],
+    transpose_rhs: bool = False,
+) -> GmmOperands:
+    """Fit each tile to its dim with the kernel's `fit(tile, dim)`, zero-pad lhs and rhs to
+    whole tiles, and compute the offsets and per-tile group ranges (GPU kernels: Triton and
+    Mosaic GPU read them as ordinary inputs)."""
+    M, K = lhs_MK.shape
+    G = rhs_GKN.shape[0]
+    N = rhs_GKN.shape[1] if transpose_rhs else rhs_GKN.shape[2]
+    tm, tk, tn = fit(tiles.m, M), fit(tiles.k, K), fit(tiles.n, N)
+    Mp, Kp, Np = round_up(M, tm), round_up(K, tk), round_up(N, tn)
+    off = offsets(group_sizes_G, M)
+    return GmmOperands(
+        lhs=pad_to(lhs_MK, (Mp, Kp)),
+        rhs=pad_to(rhs_GKN, (G, Np, Kp) if transpose_rhs else (G, Kp, Np)),
+        off=off,
+        rng=tile_group_range(off, Mp // tm, tm),
+        tiles=Tiles(tm, tk, tn),
+        grid=(Mp // tm, Np // tn, Kp // tk),
+    )
 
 
 class WorkItems(NamedTuple):
