@@ -311,7 +311,26 @@ def read_config(directory: str | os.PathLike) -> ModelConfig:
         cfg.validate()
     except ConfigError as e:
         raise ParamsCheckpointError(f"{path}: {e}") from None
-    return cfg
+    return kernels_for_here(cfg)
+
+
+def kernels_for_here(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with each kernel choice this machine cannot run (attention.impl="cudnn" read on a
+    CPU, a "tokamax" impl without the package) replaced by "auto": the weights a reader scores,
+    generates from or converts mean the same whatever kernels computed them in training."""
+    import dataclasses
+    import importlib.util
+
+    from lingjax.kernels.attention import check_available
+
+    attention, moe = cfg.attention, cfg.moe
+    try:
+        check_available(attention.impl)
+    except ValueError:
+        attention = dataclasses.replace(attention, impl="auto")
+    if moe.impl == "tokamax" and importlib.util.find_spec("tokamax") is None:
+        moe = dataclasses.replace(moe, impl="auto")
+    return dataclasses.replace(cfg, attention=attention, moe=moe)
 
 
 def read_info(directory: str | os.PathLike) -> dict[str, Any]:

@@ -16,6 +16,7 @@ older one is used.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ from lingjax.checkpoint.manager import CheckpointError, first_line, saved_steps,
 from lingjax.checkpoint.params import (
     ParamsCheckpointError,
     is_params_dir,
+    kernels_for_here,
     load_params,
     read_config,
     read_json,
@@ -50,13 +52,15 @@ def is_run_dir(path: str | os.PathLike) -> bool:
 
 
 def read_run_config(workdir: str | os.PathLike) -> Config:
-    """The run's resolved config (DIR/config.json); ParamsCheckpointError naming the file."""
+    """The run's resolved config (DIR/config.json), its kernel choices made runnable here
+    (params.kernels_for_here); ParamsCheckpointError naming the file."""
     path = os.path.join(os.fspath(workdir), CONFIG_FILE)
     data = read_json(path, "expected a training --workdir (config.json + checkpoints/)")
     try:
-        return from_dict(data)
+        cfg = from_dict(data)
     except ConfigError as e:
         raise ParamsCheckpointError(f"{path}: {e}") from None
+    return dataclasses.replace(cfg, model=kernels_for_here(cfg.model))
 
 
 def _variables_target(model_cfg: ModelConfig, sharding: Any) -> dict[str, Any]:
