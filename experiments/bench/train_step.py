@@ -99,6 +99,7 @@ def main(argv=None) -> int:
         "--remat", default="", help=f"comma-separated policies (default: all, {POLICIES})"
     )
     p.add_argument("--impl", default="pallas", help="model.moe.impl (auto|pallas|ragged_dot|...)")
+    p.add_argument("--attention", default="auto", help="model.attention.impl (auto|xla|pallas|...)")
     p.add_argument(
         "--dry-run", action="store_true", help="tiny, seq 128, 2 steps, remat none,full: on a CPU"
     )
@@ -117,6 +118,7 @@ def main(argv=None) -> int:
         "model.num_layers": args.layers,
         "model.dtype": "bfloat16",
         "model.moe.impl": args.impl,
+        "model.attention.impl": args.attention,
         "train.batch_size": args.batch,
         "train.seq_len": args.seq,
     }
@@ -129,7 +131,8 @@ def main(argv=None) -> int:
     lines = [
         f"Train step, {args.config} with {args.layers} layers, batch {args.batch} x seq "
         f"{args.seq} ({args.docs} packed documents a row), bf16 activations, fp32 master "
-        f"weights + AdamW, moe.impl={args.impl}. {dev.device_kind}, jax {jax.__version__}, "
+        f"weights + AdamW, moe.impl={args.impl}, attention.impl={args.attention}. "
+        f"{dev.device_kind}, jax {jax.__version__}, "
         f"Python {platform.python_version()}, {datetime.date.today()}. FLOPs/token "
         f"{fpt:.3g} (lingjax.flops_per_token); peak "
         + (f"{peak:.3g} FLOP/s." if peak else "unknown (no MFU)."),
