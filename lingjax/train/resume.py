@@ -31,7 +31,8 @@ from lingjax.configs import Config, ConfigError, EvalConfig, from_dict, to_dict
 from lingjax.train.schedules import make_schedule
 
 # What may change on resume without --allow_config_change: how long the run goes, how it is
-# logged, checkpointed and placed on devices, how fast data is read - not what a step computes.
+# logged, checkpointed and placed on devices, which kernels compute it, how fast data is read -
+# not what a step computes.
 # (Mesh changes are an elastic restore: the same values, laid out on other devices.)
 RESUMABLE_KEYS = frozenset(
     {
@@ -54,6 +55,11 @@ RESUMABLE_KEYS = frozenset(
         "train.local_sgd.sync_every",
         "train.local_sgd.sync_seconds",
         "train.local_sgd.min_steps",
+        # Which kernels compute the step and what is recomputed: the same values (to rounding,
+        # as a mesh change), so a run started on a CPU can go on with a GPU's kernels.
+        "model.moe.impl",
+        "model.attention.impl",
+        "model.remat",
         "mesh.data",  # not under local SGD: there it is the number of replicas
         "mesh.fsdp",
         "mesh.expert",

@@ -53,11 +53,28 @@ def test_resumable_changes_pass_and_are_logged(tmp_path):
     cfg = _saved(tmp_path, configs.get("tiny"))
     new = configs.get(
         "tiny",
-        **{"train.steps": 500, "train.log_every": 1, "checkpoint.every_steps": 7, "mesh.fsdp": 2},
+        **{
+            "train.steps": 500,
+            "train.log_every": 1,
+            "checkpoint.every_steps": 7,
+            "mesh.fsdp": 2,
+            # a CPU smoke run going on with a GPU's kernels
+            "model.moe.impl": "pallas",
+            "model.attention.impl": "pallas",
+            "model.remat": "full",
+        },
     )
     logged = []
     resolved, changes = check_resume_config(tmp_path, new, log=logged.append)
-    assert set(changes) == {"train.steps", "train.log_every", "checkpoint.every_steps", "mesh.fsdp"}
+    assert set(changes) == {
+        "train.steps",
+        "train.log_every",
+        "checkpoint.every_steps",
+        "mesh.fsdp",
+        "model.moe.impl",
+        "model.attention.impl",
+        "model.remat",
+    }
     assert any("train.steps" in line for line in logged)
     assert resolved.train.schedule_steps == cfg.train.steps == 150  # the planned schedule stays
     assert check_resume_config(tmp_path, configs.get("tiny"))[1] == {}
