@@ -16,7 +16,8 @@ alive at its peak. Per device, with b = batch / (data * fsdp * expert) rows of L
                  the backward (remat "full" saves nothing else);
   one layer      the working set of the layer being recomputed / differentiated:
                  attention: T * (H + 2V) * K * a (the fused QKV output, whole over tensor)
-                 + b * (H / t) * L^2 * (4 + a) (fp32 scores and the probabilities);
+                 + b * (H / t) * L^2 * (4 + a) (fp32 scores and the probabilities; with
+                 attention.impl pallas none, with cudnn/tokamax the b * L^2 boolean mask);
                  MLP: max(dense, MoE + shared), where the MoE holds R dispatched rows:
                  R * D * (a + 4) (inputs, fp32 outputs) + 3 * R * (F / t) * a (gate|up, h),
                  R = T * K without EP, ep * T * K (ring), T * K + ep * T * min(K, E / ep)
@@ -47,6 +48,7 @@ import numpy as np
 
 from lingjax.checkpoint.run import retained_steps
 from lingjax.configs import Config
+from lingjax.kernels.attention import resolve as resolve_attention
 from lingjax.parallel.expert import resolve_transport
 from lingjax.parallel.mesh import abstract_mesh, check_config, mesh_shape
 from lingjax.parallel.rules import BATCH_AXES
@@ -72,6 +74,18 @@ def _global(abstract: Any) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
 
 
+def _scores_bytes(impl: str, platform: str, rows: int, heads: int, L: int, a: int) -> int:
+    """What one layer's attention keeps of its [L, L] scores: fp32 scores and the probabilities
+    on the einsum path ("xla"), the boolean document mask where a kernel takes a dense mask
+    ("cudnn", "tokamax"), nothing where the kernel compares segment ids per tile ("pallas")."""
+    concrete = resolve_attention(impl, platform)
+    if concrete == "xla":
+        return rows * heads * L * L * (4 + a)
+    if concrete in ("cudnn", "tokamax"):
+        return rows * L * L
+    return 0
+
+
 def activation_bytes(cfg: Config, shape: dict[str, int], platform: str = "gpu") -> dict[str, int]:
     """The activation estimate of the module docstring: its three parts, in bytes."""
     m, t, ep = cfg.model, shape["tensor"], shape["expert"]
@@ -80,7 +94,7 @@ def activation_bytes(cfg: Config, shape: dict[str, int], platform: str = "gpu") 
     L, D = cfg.train.seq_len, m.hidden_size
     T = b * L
     H, V, K = m.attention.num_heads, m.attention.num_kv_heads, m.attention.head_dim
-    attention = T * (H + 2 * V) * K * a + b * (H // t) * L * L * (4 + a)
+    attention = T * (H + 2 * V) * K * a + _scores_bytes(m.attention.impl, platform, b, H // t, L, a)
     dense = 3 * T * (m.dense_dim // t) * a if m.first_k_dense else 0
     moe = 0
     if m.num_moe_layers:
@@ -122,8 +136,11 @@ def plan_memory(
     check_config(cfg, shape)
     mesh = abstract_mesh(shape)
     tx = make_optimizer(cfg.train.optimizer_config())
-    state = abstract_state(cfg.model, tx)
-    shard = state_shardings(cfg.model, state, tx, mesh)
+    # The state's shapes and shardings do not depend on kernels or remat: trace them with the
+    # architecture alone, so a plan for cuDNN attention on a GPU can be made on a laptop.
+    weights = cfg.model.architecture()
+    state = abstract_state(weights, tx)
+    shard = state_shardings(weights, state, tx, mesh)
     params = _per_device(state.params, shard.params)
     buffers = _per_device(state.buffers, shard.buffers)
     acts = activation_bytes(cfg, shape, platform)

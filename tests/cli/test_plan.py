@@ -118,6 +118,13 @@ def test_activation_estimate_by_hand():
     }
     assert plan["bytes"]["activations"] == 10_905_190_400
     assert plan["bytes"]["total"] == 23_855_570_960 and plan["fits"]  # 22.2 GiB of 80
+    # A flash kernel keeps no [L, L] scores; cuDNN's dense document mask is one byte a pair.
+    for impl, scores in (("pallas", 0), ("cudnn", T * T)):
+        flash = configs.get(
+            "ling-lite", **CASES[0][2], **{"train.batch_size": 64, "model.attention.impl": impl}
+        )
+        working = plan_memory(flash, 64, 80 * GiB)["activations"]["layer_working_set"]
+        assert working == attention - 16 * T * T * (4 + a) + scores + moe
 
 
 def _cli(*args):
