@@ -71,6 +71,10 @@ _IMPL_FNS["pallas-tpu-interpret"] = _pallas("tpu", Tiles(16, 128, 128), pltpu.In
 _IMPL_FNS["pallas-mosaic-gpu-interpret"] = _pallas(
     "mosaic_gpu", Tiles(64, 64, 64), plgpu.InterpretGPUParams()
 )
+# Its default tiles (128 rows, 64-deep K steps): several K steps through the 4-stage pipeline.
+_IMPL_FNS["pallas-mosaic-gpu-default-tiles"] = _pallas(
+    "mosaic_gpu", None, plgpu.InterpretGPUParams()
+)
 # Tiny tiles on small shapes: many size classes, several tiles per loop step, padded steps.
 _IMPL_FNS["reference-tiny-tiles"] = functools.partial(
     reference.gmm, tile_min=2, tile_max=16, rows_per_step=8
@@ -120,6 +124,7 @@ _PARAMS = (
         for shape, dtype in ((_SHAPES[1], jnp.float32), (_SHAPES[0], jnp.bfloat16))
     ]
     + [("pallas-mosaic-gpu-interpret", s, jnp.bfloat16) for s in (_SHAPES[1], _SHAPES[3])]
+    + [("pallas-mosaic-gpu-default-tiles", (260, 136, 72, 5), jnp.bfloat16)]
 )
 
 
