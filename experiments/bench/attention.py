@@ -36,7 +36,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from timing import timed
+from timing import report, timed
 
 from lingjax.kernels.attention import attention, check_available, pallas_attention
 
@@ -182,10 +182,7 @@ def main(argv=None) -> None:
         f"{dev.device_kind}, jax {jax.__version__}; {label}; medians of {a.repeats}."
     )
     table = head + "\n\n" + markdown(rows)
-    print(table)
-    if a.markdown:
-        with open(a.markdown, "a") as f:
-            f.write(table + "\n\n")
+    report(table, a.markdown)
 
 
 if __name__ == "__main__":

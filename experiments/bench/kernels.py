@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from timing import timed
+from timing import report, timed
 
 from lingjax.kernels import RoutingSpec, gmm, route
 from lingjax.kernels.gmm.api import Pallas, pallas_gmm
@@ -207,10 +207,7 @@ def main(argv=None) -> None:
         for T in map(int, a.tokens.split(",")):
             rows += bench_shape(name, shape, T, fns, jnp.dtype(a.dtype), a.repeats)
     table = head + "\n\n" + markdown(rows)
-    print(table)
-    if a.markdown:
-        with open(a.markdown, "a") as f:
-            f.write(table + "\n\n")
+    report(table, a.markdown)
 
 
 if __name__ == "__main__":

@@ -21,3 +21,12 @@ def timed(fn: Callable, *args, repeats: int) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def report(table: str, markdown: str = "") -> None:
+    """Print a result table, and append it to the file `markdown` when one is named (the GPU
+    check gathers every table of its run into one report this way)."""
+    print(table)
+    if markdown:
+        with open(markdown, "a") as f:
+            f.write(table + "\n\n")

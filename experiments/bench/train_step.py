@@ -28,6 +28,7 @@ import time
 
 import jax
 import numpy as np
+from timing import report
 
 from lingjax import configs
 from lingjax.model import flops_per_token, peak_flops
@@ -161,10 +162,7 @@ def main(argv=None) -> int:
             f"{r['compile_s']:.0f} |"
         )
     table = "\n".join(lines)
-    print(table)
-    if args.markdown:
-        with open(args.markdown, "a") as f:
-            f.write(table + "\n\n")
+    report(table, args.markdown)
     return 1 if failed else 0
 
 
